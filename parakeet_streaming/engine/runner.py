@@ -1,0 +1,185 @@
+"""One batched streaming step: new audio -> mel frames -> subsampling -> encoder layers -> greedy RNN-T.
+
+Chunking follows NeMo's cache-aware reference streaming, so every chunk's encoder output and tokens
+equal NeMo's: with lookahead R and subsampling factor S (8), the first chunk is 1 + S*R mel frames
+with no left context, every later chunk is S*(R+1) new frames prefixed by the previous S+1 frames,
+of which the first 2 subsampled frames are dropped. Each chunk yields R+1 encoder frames.
+
+End of stream: the stream's valid mel frames are len // hop (NeMo's own feature length; its extra
+all-zero frame is not fed). Whatever is left after the last full chunk, even a single frame, goes
+through as one shorter chunk with its true length: padded positions are masked exactly as NeMo masks
+a short chunk, so the tail is deterministic and the same whether the stream is alone or batched.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from parakeet_streaming.engine.slots import PRE_ENCODE_CACHE, SlotTable
+from parakeet_streaming.model.asr import ASRModel
+from parakeet_streaming.model.frontend import SampleBuffer
+
+DROP_PRE_ENCODED = 2  # subsampled frames that only the pre-encode context produced
+
+
+@dataclass
+class StepOutput:
+    slot: int
+    token_ids: list[int] = field(default_factory=list)
+    confidences: list[float] = field(default_factory=list)
+    token_frames: list[int] = field(default_factory=list)
+    frames_decoded: int = 0
+    done: bool = False
+
+
+@dataclass
+class _Cursor:
+    audio: SampleBuffer
+    chunks: int = 0  # streaming steps taken
+    next_frame: int = 0  # first mel frame not yet fed to the encoder
+    frames_decoded: int = 0  # encoder frames decoded so far
+    done: bool = False
+
+
+@dataclass
+class _Plan:
+    slot: int
+    first: bool
+    f0: int
+    n: int  # new mel frames in this chunk
+
+
+class Runner:
+    def __init__(self, model: ASRModel, num_slots: int, device: str | torch.device = "cpu") -> None:
+        self.model = model.to(device)
+        self.device = torch.device(device)
+        self.dtype = next(model.encoder.parameters()).dtype
+        self.table = SlotTable(model, num_slots, self.device, self.dtype)
+        enc, feat = model.config.encoder, model.config.features
+        sub = enc.subsampling_factor
+        self.first_frames = 1 + sub * enc.lookahead
+        self.chunk_frames = sub * (enc.lookahead + 1)
+        self.sample_rate = feat.sample_rate
+        self.frame_ms = model.frame_ms
+        self.chunk_ms = model.frame_ms * (enc.lookahead + 1)
+        self.chunk_samples = self.chunk_frames * feat.hop_length
+        self._reach = model.preprocessor.reach()
+        self._cursors: list[_Cursor | None] = [None] * num_slots
+        self.last_encoder_output: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    # ---- per-slot bookkeeping ------------------------------------------------------------
+    def open(self, slot: int) -> None:
+        self._cursors[slot] = _Cursor(SampleBuffer(self.model.config.features, self._reach))
+        self.table.reset(slot)
+
+    def release(self, slot: int) -> None:
+        self._cursors[slot] = None
+
+    def push(self, slot: int, samples: np.ndarray) -> None:
+        self._cursor(slot).audio.push(samples)
+
+    def finish(self, slot: int) -> None:
+        self._cursor(slot).audio.finished = True
+
+    def ready(self, slot: int) -> bool:
+        cur = self._cursors[slot]
+        if cur is None or cur.done:
+            return False
+        return cur.audio.finished or cur.audio.frames_available() >= cur.next_frame + self._want(cur)
+
+    def pending_samples(self, slot: int) -> int:
+        """Samples received but not yet decoded (roughly; for scheduling and metrics)."""
+        cur = self._cursor(slot)
+        return cur.audio.total - cur.next_frame * self.model.config.features.hop_length
+
+    def _cursor(self, slot: int) -> _Cursor:
+        cur = self._cursors[slot]
+        if cur is None:
+            raise KeyError(f"slot {slot} is not open")
+        return cur
+
+    def _want(self, cur: _Cursor) -> int:
+        return self.first_frames if cur.chunks == 0 else self.chunk_frames
+
+    def _plan(self, slot: int) -> _Plan:
+        cur = self._cursor(slot)
+        avail = cur.audio.frames_available()
+        n = min(self._want(cur), avail - cur.next_frame)
+        return _Plan(slot, cur.chunks == 0, cur.next_frame, max(n, 0))
+
+    # ---- the batched step ----------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self, slots: Sequence[int]) -> list[StepOutput]:
+        plans = [self._plan(s) for s in slots]
+        work = [p for p in plans if p.n > 0]
+        emitted = self._run(work) if work else {}
+        return [self._advance(p, emitted.get(p.slot)) for p in plans]
+
+    def _run(self, work: list[_Plan]) -> dict[int, tuple[list[int], list[float], list[int], int]]:
+        idx = torch.tensor([p.slot for p in work], device=self.device)
+        enc_cache, dec_state, ctx = self.table.gather(idx)
+        mel_new = self._mel(work)  # (B, F, M) float32
+        x, length, new_ctx = self._pre_encode_input(work, ctx, mel_new)
+        sub, sub_len = self.model.encoder.pre_encode(x.to(self.dtype), length)
+        x, t_len = self._drop_context(work, sub, sub_len)
+        out, enc_cache = self.model.encoder(x, t_len, enc_cache)
+        self.last_encoder_output = (idx, out, t_len)  # for tests and calibration
+        em, dec_state = self.model.greedy.decode(out, t_len, dec_state)
+        self.table.scatter(idx, enc_cache, dec_state, new_ctx)
+        t_list = t_len.tolist()
+        return {p.slot: (em.tokens[b], em.confidences[b], em.frames[b], t_list[b]) for b, p in enumerate(work)}
+
+    def _mel(self, work: list[_Plan]) -> torch.Tensor:
+        hop, n_fft = self.model.config.features.hop_length, self.model.config.features.n_fft
+        f_max = max(p.n for p in work)
+        seg = np.zeros((len(work), hop * (f_max - 1) + n_fft), dtype=np.float32)
+        for b, p in enumerate(work):
+            s = self._cursor(p.slot).audio.segment(p.f0, p.f0 + p.n)
+            seg[b, : len(s)] = s
+        return self.model.preprocessor.frames(torch.from_numpy(seg)).to(self.device)
+
+    def _pre_encode_input(self, work: list[_Plan], ctx: torch.Tensor, mel_new: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Subsampling input per stream: [previous 9 frames; new] (later chunks) or [new] (first),
+        right-padded; plus the next context, the last 9 frames of [context; new]."""
+        b, f_max, _ = mel_new.shape
+        full = torch.cat([ctx, mel_new], dim=1)  # (B, 9 + F, M)
+        n = torch.tensor([p.n for p in work], device=self.device)
+        first = torch.tensor([p.first for p in work], device=self.device)
+        offset = torch.where(first, PRE_ENCODE_CACHE, 0)
+        length = torch.where(first, n, n + PRE_ENCODE_CACHE)
+        pos = torch.arange(PRE_ENCODE_CACHE + f_max, device=self.device)
+        src = (offset.unsqueeze(1) + pos.unsqueeze(0)).clamp(max=full.size(1) - 1)
+        x = torch.gather(full, 1, src.unsqueeze(2).expand(-1, -1, full.size(2)))
+        x = x * (pos.unsqueeze(0) < length.unsqueeze(1)).unsqueeze(2)
+        ctx_src = n.unsqueeze(1) + torch.arange(PRE_ENCODE_CACHE, device=self.device).unsqueeze(0)
+        new_ctx = torch.gather(full, 1, ctx_src.unsqueeze(2).expand(-1, -1, full.size(2)))
+        return x, length, new_ctx
+
+    def _drop_context(self, work: list[_Plan], sub: torch.Tensor, sub_len: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        first = torch.tensor([p.first for p in work], device=self.device)
+        drop = torch.where(first, 0, DROP_PRE_ENCODED)
+        t_len = sub_len - drop
+        t_max = int(t_len.max())
+        src = (drop.unsqueeze(1) + torch.arange(t_max, device=self.device).unsqueeze(0)).clamp(max=sub.size(1) - 1)
+        x = torch.gather(sub, 1, src.unsqueeze(2).expand(-1, -1, sub.size(2)))
+        return x, t_len
+
+    def _advance(self, plan: _Plan, emitted: tuple[list[int], list[float], list[int], int] | None) -> StepOutput:
+        cur = self._cursor(plan.slot)
+        out = StepOutput(slot=plan.slot)
+        if emitted is not None:
+            tokens, confs, frames, t = emitted
+            out.token_ids, out.confidences = tokens, confs
+            out.token_frames = [cur.frames_decoded + f for f in frames]
+            cur.frames_decoded += t
+            cur.next_frame = plan.f0 + plan.n
+            cur.chunks += 1
+            cur.audio.discard_before_frame(cur.next_frame)
+        cur.done = cur.audio.finished and cur.next_frame >= cur.audio.frames_available()
+        out.frames_decoded, out.done = cur.frames_decoded, cur.done
+        return out

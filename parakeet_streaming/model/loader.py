@@ -1,0 +1,316 @@
+"""Where a model comes from: a `.nemo` archive, an unpacked folder, the Hugging Face Hub, or dummy weights.
+
+`load_model(source)` accepts
+- a path to a `.nemo` file (a tar, compressed or not, holding `model_config.yaml`,
+  `model_weights.ckpt` and the tokenizer files, whose names may carry a uuid prefix);
+- a path to a folder holding the same files, or the seed's layout (`model.safetensors` +
+  `tokenizer.model`, seed key names);
+- `small` / `large`: NVIDIA's released `.nemo`, downloaded once with huggingface_hub and reused from
+  its cache; `seed:small` / `seed:large`: the seed project's safetensors repos;
+- any of the named models with `load_format="dummy"`: the real architecture with random weights and
+  a synthetic tokenizer, no download (benchmarks, tests).
+"""
+from __future__ import annotations
+
+import io
+import logging
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from parakeet_streaming.config import ConfigError, ModelConfig
+from parakeet_streaming.model.asr import ASRModel
+from parakeet_streaming.model.tokenizer import EOB_PIECE, EOU_PIECE, Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    repo: str
+    filename: str
+    revision: str
+    seed_repo: str
+    config: dict[str, Any]
+    special_pieces: tuple[str, ...]
+
+
+def _builtin_config(n_layers: int, d_model: int, att: Any, vocab: int, pred_layers: int) -> dict[str, Any]:
+    """The released model_config.yaml sections that matter (models.md section 6)."""
+    return {
+        "preprocessor": {
+            "_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
+            "sample_rate": 16000, "normalize": "NA", "window_size": 0.025, "window_stride": 0.01,
+            "window": "hann", "features": 128, "n_fft": 512, "log": True, "frame_splicing": 1,
+            "dither": 1e-5, "pad_to": 0, "pad_value": 0.0,
+        },
+        "encoder": {
+            "_target_": "nemo.collections.asr.modules.ConformerEncoder",
+            "feat_in": 128, "feat_out": -1, "n_layers": n_layers, "d_model": d_model,
+            "subsampling": "dw_striding", "subsampling_factor": 8, "subsampling_conv_channels": 256,
+            "causal_downsampling": True, "ff_expansion_factor": 4, "self_attention_model": "rel_pos",
+            "n_heads": 8, "att_context_size": att, "att_context_style": "chunked_limited",
+            "xscaling": False, "untie_biases": True, "pos_emb_max_len": 5000, "use_bias": False,
+            "conv_kernel_size": 9, "conv_norm_type": "layer_norm", "conv_context_size": "causal",
+            "dropout": 0.1, "dropout_pre_encoder": 0.1, "dropout_emb": 0.0, "dropout_att": 0.1,
+        },
+        "decoder": {
+            "_target_": "nemo.collections.asr.modules.RNNTDecoder", "vocab_size": vocab,
+            "blank_as_pad": True, "normalization_mode": None,
+            "prednet": {"pred_hidden": 640, "pred_rnn_layers": pred_layers, "t_max": None, "dropout": 0.2},
+        },
+        "joint": {
+            "_target_": "nemo.collections.asr.modules.RNNTJoint", "num_classes": vocab, "log_softmax": None,
+            "jointnet": {"joint_hidden": 640, "activation": "relu", "dropout": 0.2},
+        },
+        "decoding": {"strategy": "greedy_batch", "greedy": {"max_symbols": 10}},
+    }
+
+
+NAMED_MODELS: dict[str, NamedModel] = {
+    "small": NamedModel(
+        repo="nvidia/parakeet_realtime_eou_120m-v1", filename="parakeet_realtime_eou_120m-v1.nemo",
+        revision="main", seed_repo="odunola/parakeet-EOU",
+        config=_builtin_config(17, 512, [70, 1], 1026, 1), special_pieces=(EOU_PIECE, EOB_PIECE),
+    ),
+    "large": NamedModel(
+        repo="nvidia/nemotron-speech-streaming-en-0.6b", filename="nemotron-speech-streaming-en-0.6b.nemo",
+        # The Jan-2026 release; `main` moved to a new checkpoint on 2026-03-12 (same architecture).
+        revision="nemotron-speech-streaming-jan2026", seed_repo="odunola/Nemo-Speech-Large",
+        config=_builtin_config(24, 1024, [[70, 13], [70, 6], [70, 1], [70, 0]], 1024, 2), special_pieces=(),
+    ),
+}
+
+
+def load_model(source: str, *, load_format: str = "auto", device: str = "cpu", dtype: str = "float32",
+               att_context_size: tuple[int, int] | None = None, revision: str | None = None) -> ASRModel:
+    if load_format == "dummy":
+        model = build_dummy(source)
+    elif load_format == "auto":
+        model = _load_real(source, revision)
+    else:
+        raise ModelLoadError(f"unknown load format {load_format!r} (use 'auto' or 'dummy')")
+    model.set_att_context_size(att_context_size)
+    return model.to(device=device, dtype=_dtype(dtype)).eval()
+
+
+def _dtype(name: str) -> torch.dtype:
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if name not in table:
+        raise ModelLoadError(f"unsupported dtype {name!r} (choose one of {sorted(table)})")
+    return table[name]
+
+
+def build_dummy(name: str, seed: int = 0) -> ASRModel:
+    """A named model's real architecture with random weights and a synthetic tokenizer."""
+    named = _named(name)
+    cfg = ModelConfig.from_nemo(named.config)
+    tok = Tokenizer.synthetic(cfg.decoder.vocab_size, named.special_pieces)
+    model = ASRModel(cfg, tok, name=f"{name} (dummy weights)")
+    model.randomize(seed)
+    calibrate_joint_bias(model, pseudo_speech(3.0, seed))
+    return model
+
+
+def pseudo_speech(seconds: float, seed: int = 0, rate: int = 16000) -> np.ndarray:
+    """Deterministic noise bursts with pauses: enough structure to calibrate random weights."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    t = np.arange(n) / rate
+    envelope = (np.sin(2 * np.pi * 1.7 * t) > -0.2).astype(np.float32)
+    voiced = 0.3 * np.sin(2 * np.pi * 140 * t) * (1 + 0.5 * np.sin(2 * np.pi * 5 * t))
+    return ((voiced + 0.05 * rng.standard_normal(n)) * envelope).astype(np.float32)
+
+
+@torch.no_grad()
+def calibrate_joint_bias(model: ASRModel, samples: np.ndarray, emit_rate: float = 0.3,
+                         eou_rate: float = 0.08) -> None:
+    """Shift the joint's output bias so random weights decode like a real model: blank wins on
+    most frames (about `emit_rate` of frames emit), and `<EOU>` is sometimes the emitted token.
+    Without this, random weights emit max_symbols tokens on every frame."""
+    from parakeet_streaming.engine.runner import Runner
+
+    runner = Runner(model, 1)
+    runner.open(0)
+    runner.push(0, samples)
+    runner.finish(0)
+    frames = []
+    while runner.ready(0):
+        runner.step([0])
+        if runner.last_encoder_output is not None:
+            _, out, t_len = runner.last_encoder_output
+            frames.append(out[0, : int(t_len[0])])
+    bias = model.joint.joint_net[2].bias
+    blank, eou = model.tokenizer.blank_id, model.tokenizer.eou_id
+    # The largest blank boost that still leaves greedy decoding of the calibration audio emitting
+    # at least emit_rate tokens per frame (random weights switch sharply from "always" to "never").
+    enc_out = torch.cat(frames).unsqueeze(0)
+    length = torch.tensor([enc_out.size(1)])
+    base = float(bias[blank])
+
+    def rate(shift: float) -> float:
+        bias[blank] = base + shift
+        return _emit_rate(model, enc_out, length)
+
+    lo, hi = 0.0, 1.0
+    while rate(hi) >= emit_rate and hi < 1e4:
+        lo, hi = hi, hi * 2
+    for _ in range(20):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if rate(mid) >= emit_rate else (lo, mid)
+    bias[blank] = base + lo
+    if eou is not None:
+        _relabel_as_eou(model, enc_out, length, eou, eou_rate)
+
+
+def _relabel_as_eou(model: ASRModel, enc: torch.Tensor, length: torch.Tensor, eou: int, share: float) -> None:
+    """Swap <EOU> with an emitted token whose share of emissions is nearest `share` (joint output
+    row and embedding row both), so <EOU> appears without changing the decoding dynamics."""
+    em, _ = model.greedy.decode(enc, length, model.greedy.initial_state(1, enc.device, enc.dtype))
+    tokens = em.tokens[0]
+    if not tokens:
+        return
+    counts = {t: tokens.count(t) / len(tokens) for t in range(model.tokenizer.vocab_size)}
+    pick = min(counts, key=lambda t: (abs(counts[t] - share), t != eou))
+    if pick == eou:
+        return
+    for param in (model.joint.joint_net[2].weight, model.joint.joint_net[2].bias, model.decoder.prediction.embed.weight):
+        param[[pick, eou]] = param[[eou, pick]].clone()
+
+
+def _emit_rate(model: ASRModel, enc: torch.Tensor, length: torch.Tensor) -> float:
+    state = model.greedy.initial_state(1, enc.device, enc.dtype)
+    em, _ = model.greedy.decode(enc, length, state)
+    return len(em.tokens[0]) / enc.size(1)
+
+
+# ---- .nemo archives and folders --------------------------------------------------------------
+
+def load_nemo_archive(path: Path, name: str | None = None) -> ASRModel:
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            files = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+            read = lambda fname: tar.extractfile(files[fname]).read()  # noqa: E731
+            return _assemble(files.keys(), read, name or path.stem, str(path))
+    except tarfile.TarError as exc:
+        raise ModelLoadError(f"{path} is not a .nemo archive (a tar file): {exc}") from exc
+
+
+def load_folder(path: Path, name: str | None = None) -> ASRModel:
+    files = {p.name: p for p in path.iterdir() if p.is_file()}
+    if "model.safetensors" in files and "model_config.yaml" not in files:
+        return _load_seed_files(files["model.safetensors"], files.get("tokenizer.model"), name or path.name)
+    return _assemble(files.keys(), lambda fname: files[fname].read_bytes(), name or path.name, str(path))
+
+
+def _assemble(names: Any, read: Any, name: str, where: str) -> ASRModel:
+    names = list(names)
+    for required in ("model_config.yaml", "model_weights.ckpt"):
+        if required not in names:
+            raise ModelLoadError(f"{where} has no {required}; is it a NeMo checkpoint?")
+    tok_file = next((n for n in names if n.endswith("tokenizer.model")), None)
+    if tok_file is None:
+        raise ModelLoadError(f"{where} has no SentencePiece tokenizer (*tokenizer.model)")
+    raw = yaml.safe_load(read("model_config.yaml"))
+    try:
+        cfg = ModelConfig.from_nemo(raw)
+    except ConfigError as exc:
+        raise ModelLoadError(f"{where}: unsupported model config: {exc}") from exc
+    model = ASRModel(cfg, Tokenizer(read(tok_file)), name=name)
+    try:
+        state = torch.load(io.BytesIO(read("model_weights.ckpt")), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelLoadError(f"{where}: model_weights.ckpt cannot be read: {exc}") from exc
+    load_state(model, state, where)
+    return model
+
+
+def load_state(model: ASRModel, state: dict[str, torch.Tensor], where: str) -> None:
+    """Strict load with one clear message naming the first missing, unexpected or misshapen key."""
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if not k.endswith("pos_enc.pe")}
+    for key, value in state.items():
+        if key not in own:
+            raise ModelLoadError(f"{where}: unexpected weight {key!r} {tuple(value.shape)} for this config")
+        if tuple(own[key].shape) != tuple(value.shape):
+            raise ModelLoadError(
+                f"{where}: weight {key!r} has shape {tuple(value.shape)}, the config needs {tuple(own[key].shape)}"
+            )
+    missing = [k for k in own if k not in state and not k.startswith("preprocessor.")]
+    if missing:
+        raise ModelLoadError(f"{where}: weight {missing[0]!r} is missing ({len(missing)} missing in all)")
+    model.load_state_dict(state, strict=False)
+
+
+# ---- the seed project's safetensors layout ---------------------------------------------------
+
+def _load_seed_download(size: str, revision: str | None) -> ASRModel:
+    named = _named(size)
+    weights = _hub_download(named.seed_repo, "model.safetensors", revision or "main")
+    tok = _hub_download(named.seed_repo, "tokenizer.model", revision or "main")
+    return _load_seed_files(weights, tok, f"seed:{size}", size)
+
+
+def _load_seed_files(weights: Path, tokenizer: Path | None, name: str, size: str | None = None) -> ASRModel:
+    from safetensors.torch import load_file
+
+    if tokenizer is None:
+        raise ModelLoadError(f"{weights.parent} has model.safetensors but no tokenizer.model")
+    state = from_seed_keys(load_file(str(weights)))
+    if size is None:
+        width = state["encoder.pre_encode.out.weight"].shape[0]
+        size = "small" if width == 512 else "large"
+    cfg = ModelConfig.from_nemo(_named(size).config)
+    model = ASRModel(cfg, Tokenizer.from_file(tokenizer), name=name)
+    load_state(model, state, str(weights))
+    return model
+
+
+def from_seed_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Seed key names -> NeMo names: fused qkv split, `predictor.`/`joiner.` prefixes, `.lstm` level."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.endswith("self_attn.qkv.weight"):
+            stem = key.removesuffix("qkv.weight")
+            for part, tensor in zip("qkv", value.chunk(3, dim=0)):
+                out[f"{stem}linear_{part}.weight"] = tensor.contiguous()
+            continue
+        if key.startswith("predictor."):
+            key = "decoder." + key.removeprefix("predictor.")
+            key = key.replace("prediction.dec_rnn.", "prediction.dec_rnn.lstm.")
+        elif key.startswith("joiner."):
+            key = "joint." + key.removeprefix("joiner.")
+        out[key] = value
+    return out
+
+
+def to_seed_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """NeMo names -> the seed's (used by tests to write seed-format checkpoints)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.startswith("preprocessor."):
+            continue
+        if key.endswith("self_attn.linear_q.weight"):
+            stem = key.removesuffix("linear_q.weight")
+            out[stem + "qkv.weight"] = torch.cat(
+                [state[stem + f"linear_{p}.weight"] for p in "qkv"], dim=0
+            ).contiguous()
+            continue
+        if key.endswith(("self_attn.linear_k.weight", "self_attn.linear_v.weight")):
+            continue
+        if key.startswith("decoder."):
+            key = "predictor." + key.removeprefix("decoder.").replace("dec_rnn.lstm.", "dec_rnn.")
+        elif key.startswith("joint."):
+            key = "joiner." + key.removeprefix("joint.")
+        out[key] = value.contiguous()
+    return out

@@ -1,0 +1,140 @@
+"""RNN-T prediction network, joint, and batched greedy decoding that carries state across chunks.
+
+Names follow NeMo (`decoder.prediction.embed`, `decoder.prediction.dec_rnn.lstm`, `joint.enc`,
+`joint.pred`, `joint.joint_net.2`). Greedy decoding is NeMo's frame loop: at each encoder frame emit
+up to `max_symbols` labels until blank wins, feeding every emitted label to the LSTM.
+
+Confidence: NeMo's default token confidence, the exponentially normalised Tsallis entropy with
+alpha = 1/3 over the softmax of the joint logits (blank included) at the step that emitted the token:
+1 for a one-hot distribution, 0 for a uniform one.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from parakeet_streaming.config import DecoderConfig
+
+TSALLIS_ALPHA = 1.0 / 3.0
+
+
+@dataclass
+class DecoderState:
+    """Per-stream decoder state: LSTM (h, c) (layers, B, H), projected predictor output g (B, J)."""
+
+    h: Tensor
+    c: Tensor
+    g: Tensor
+
+
+@dataclass
+class Emissions:
+    """Tokens emitted for each stream of a batch during one decode call."""
+
+    tokens: list[list[int]] = field(default_factory=list)
+    confidences: list[list[float]] = field(default_factory=list)
+    frames: list[list[int]] = field(default_factory=list)  # frame index within the call
+
+
+class _LSTMHolder(nn.Module):
+    """Keeps NeMo's key path `dec_rnn.lstm.*`."""
+
+    def __init__(self, hidden: int, layers: int) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(hidden, hidden, num_layers=layers)
+
+
+class Prediction(nn.Module):
+    def __init__(self, vocab: int, hidden: int, layers: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab + 1, hidden, padding_idx=vocab)
+        self.dec_rnn = _LSTMHolder(hidden, layers)
+
+
+class RNNTDecoder(nn.Module):
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.blank = cfg.vocab_size
+        self.prediction = Prediction(cfg.vocab_size, cfg.pred_hidden, cfg.pred_rnn_layers)
+
+    def step(self, labels: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Feed labels (B,) -> output (B,H), new (h, c). The blank label embeds to zeros (SOS)."""
+        emb = self.prediction.embed(labels).unsqueeze(0)
+        out, (h, c) = self.prediction.dec_rnn.lstm(emb, (h, c))
+        return out[0], h, c
+
+
+class RNNTJoint(nn.Module):
+    def __init__(self, enc_dim: int, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.enc = nn.Linear(enc_dim, cfg.joint_hidden)
+        self.pred = nn.Linear(cfg.pred_hidden, cfg.joint_hidden)
+        act = {"relu": nn.ReLU(), "tanh": nn.Tanh(), "sigmoid": nn.Sigmoid()}[cfg.joint_activation]
+        self.joint_net = nn.Sequential(act, nn.Identity(), nn.Linear(cfg.joint_hidden, cfg.vocab_size + 1))
+
+    def logits(self, f: Tensor, g: Tensor) -> Tensor:
+        """f = enc(frame) (B,J), g = pred(output) (B,J) -> (B, V+1)."""
+        return self.joint_net(f + g)
+
+
+def tsallis_confidence(logits: Tensor, alpha: float = TSALLIS_ALPHA) -> Tensor:
+    """(B, V) logits -> (B,) confidence in [0, 1]."""
+    v = logits.size(-1)
+    p = torch.softmax(logits.float(), dim=-1)
+    neg_entropy = (1.0 - p.pow(alpha).sum(-1)) / (1.0 - alpha)  # = -S_alpha
+    e_min = math.exp((1.0 - v ** (1.0 - alpha)) / (1.0 - alpha))  # exp(-S_max)
+    return ((neg_entropy.exp() - e_min) / (1.0 - e_min)).clamp(0.0, 1.0)
+
+
+class GreedyDecoder:
+    """Batched greedy RNN-T decoding over chunks of encoder output."""
+
+    def __init__(self, decoder: RNNTDecoder, joint: RNNTJoint, max_symbols: int) -> None:
+        self.decoder, self.joint, self.max_symbols = decoder, joint, max_symbols
+        self.blank = decoder.blank
+
+    def initial_state(self, batch: int, device: torch.device | str, dtype: torch.dtype) -> DecoderState:
+        """State after the start-of-sequence step (blank label into a zero state)."""
+        cfg = self.decoder.cfg
+        h = torch.zeros(cfg.pred_rnn_layers, batch, cfg.pred_hidden, device=device, dtype=dtype)
+        c = torch.zeros_like(h)
+        labels = torch.full((batch,), self.blank, dtype=torch.long, device=device)
+        out, h, c = self.decoder.step(labels, h, c)
+        return DecoderState(h=h, c=c, g=self.joint.pred(out))
+
+    def decode(self, enc: Tensor, length: Tensor, state: DecoderState) -> tuple[Emissions, DecoderState]:
+        """enc (B,T,D) with valid lengths (B,). Returns the emitted tokens and the new state."""
+        b, t, _ = enc.shape
+        f_all = self.joint.enc(enc)
+        h, c, g = state.h, state.c, state.g
+        em = Emissions([[] for _ in range(b)], [[] for _ in range(b)], [[] for _ in range(b)])
+        lengths = length.tolist()
+        for ti in range(t):
+            active = torch.tensor([ti < n for n in lengths], device=enc.device)
+            if not bool(active.any()):
+                break
+            f = f_all[:, ti]
+            for _ in range(self.max_symbols):
+                logits = self.joint.logits(f, g)
+                k = logits.argmax(-1)
+                emit = active & (k != self.blank)
+                if not bool(emit.any()):
+                    break
+                conf = tsallis_confidence(logits)
+                rows = emit.nonzero().flatten().tolist()
+                ks, cs = k.tolist(), conf.tolist()
+                for r in rows:
+                    em.tokens[r].append(ks[r])
+                    em.confidences[r].append(cs[r])
+                    em.frames[r].append(ti)
+                out, h2, c2 = self.decoder.step(torch.where(emit, k, self.blank), h, c)
+                g2 = self.joint.pred(out)
+                m = emit.view(1, -1, 1)
+                h, c = torch.where(m, h2, h), torch.where(m, c2, c)
+                g = torch.where(emit.unsqueeze(1), g2, g)
+                active = emit
+        return em, DecoderState(h=h, c=c, g=g)
