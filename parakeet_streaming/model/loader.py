@@ -194,6 +194,48 @@ def _emit_rate(model: ASRModel, enc: torch.Tensor, length: torch.Tensor) -> floa
     return len(em.tokens[0]) / enc.size(1)
 
 
+def _named(name: str) -> NamedModel:
+    if name not in NAMED_MODELS:
+        raise ModelLoadError(f"unknown model {name!r}: use one of {sorted(NAMED_MODELS)} or a path to a .nemo file")
+    return NAMED_MODELS[name]
+
+
+def _load_real(source: str, revision: str | None) -> ASRModel:
+    path = Path(source).expanduser()
+    if path.is_file():
+        return load_nemo_archive(path)
+    if path.is_dir():
+        return load_folder(path)
+    if source.startswith("seed:"):
+        return _load_seed_download(source.removeprefix("seed:"), revision)
+    if source in NAMED_MODELS:
+        named = NAMED_MODELS[source]
+        file = _hub_download(named.repo, named.filename, revision or named.revision)
+        return load_nemo_archive(file, name=source)
+    raise ModelLoadError(
+        f"model {source!r} is neither a file, a folder, nor a known name ({', '.join(sorted(NAMED_MODELS))})"
+    )
+
+
+def _hub_download(repo: str, filename: str, revision: str) -> Path:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(repo_id=repo, filename=filename, revision=revision))
+    except LocalEntryNotFoundError as exc:
+        raise ModelLoadError(
+            f"cannot download {repo}/{filename} (revision {revision}) and no copy is cached. "
+            "Connect to the internet once so it can be cached, or pass a local checkpoint with "
+            "--model /path/to/model.nemo (a .nemo file or an unpacked folder)."
+        ) from exc
+    except Exception as exc:  # network, auth, missing file: one clear message
+        raise ModelLoadError(
+            f"downloading {repo}/{filename} (revision {revision}) failed: {exc}. "
+            "Pass a local checkpoint with --model /path/to/model.nemo instead."
+        ) from exc
+
+
 # ---- .nemo archives and folders --------------------------------------------------------------
 
 def load_nemo_archive(path: Path, name: str | None = None) -> ASRModel:
