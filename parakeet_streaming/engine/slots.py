@@ -31,7 +31,8 @@ class SlotTable:
         self.mel_ctx = torch.zeros(num_slots, PRE_ENCODE_CACHE, n_mels, device=device, dtype=torch.float32)
 
     def reset(self, slot: int) -> None:
-        self.enc.channel[:, slot].zero_()
+        self.enc.key[:, slot].zero_()
+        self.enc.value[:, slot].zero_()
         self.enc.time[:, slot].zero_()
         self.enc.length[slot] = 0
         self.dec.h[:, slot] = self._sos.h[:, 0]
@@ -40,12 +41,13 @@ class SlotTable:
         self.mel_ctx[slot].zero_()
 
     def gather(self, idx: Tensor) -> tuple[EncoderCache, DecoderState, Tensor]:
-        enc = EncoderCache(self.enc.channel[:, idx], self.enc.time[:, idx], self.enc.length[idx])
+        enc = EncoderCache(self.enc.key[:, idx], self.enc.value[:, idx], self.enc.time[:, idx], self.enc.length[idx])
         dec = DecoderState(self.dec.h[:, idx], self.dec.c[:, idx], self.dec.g[idx])
         return enc, dec, self.mel_ctx[idx]
 
     def scatter(self, idx: Tensor, enc: EncoderCache, dec: DecoderState, mel_ctx: Tensor) -> None:
-        self.enc.channel[:, idx] = enc.channel
+        self.enc.key[:, idx] = enc.key
+        self.enc.value[:, idx] = enc.value
         self.enc.time[:, idx] = enc.time
         self.enc.length[idx] = enc.length
         self.dec.h[:, idx] = dec.h

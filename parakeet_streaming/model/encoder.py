@@ -2,9 +2,11 @@
 
 Module and parameter names follow NeMo's `ConformerEncoder`, so a NeMo state_dict loads as is.
 Shapes: B streams, T new encoder frames, C = left context (70) cache slots, D = d_model.
-Caches are layer-first: `channel` (L, B, C, D) holds each layer's attention input (the output of
-`norm_self_att`) for the last C frames, `time` (L, B, D, K-1) the last K-1 post-GLU frames of the
-convolution module, and `length` (B,) how many of the C channel slots hold real frames.
+Caches are layer-first. NeMo caches each layer's attention input (the output of `norm_self_att`)
+and projects all C+T keys and values again at every step; we cache the projected keys `key` and
+values `value` (L, B, C, D) instead, which is the same attention (the projections are linear) for a
+fraction of the work. `time` (L, B, D, K-1) holds the last K-1 post-GLU frames of the convolution
+module and `length` (B,) how many of the C attention slots hold real frames.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from parakeet_streaming.config import EncoderConfig
 
 @dataclass
 class EncoderCache:
-    channel: Tensor  # (L, B, C, D)
+    key: Tensor  # (L, B, C, D) projected keys of the last C frames
+    value: Tensor  # (L, B, C, D) projected values
     time: Tensor  # (L, B, D, K-1)
     length: Tensor  # (B,) int64
 
@@ -119,26 +122,36 @@ class RelPositionAttention(nn.Module):
             self.pos_bias_u = nn.Parameter(torch.zeros(n_heads, self.dk))
             self.pos_bias_v = nn.Parameter(torch.zeros(n_heads, self.dk))
 
-    def forward(self, a: Tensor, cache: Tensor, pos: Tensor, mask: Tensor,
-                bias_u: Tensor, bias_v: Tensor) -> Tensor:
-        """a (B,T,D) attends to kv = [cache (B,C,D); a]. `pos` holds rows for relative positions
-        T+C-1 ... -(T-1)... restricted to what the T queries need: (C+2T-1, D), descending.
-        `mask` (B,T,C+T) is True where attention is not allowed."""
+    def project_positions(self, pos: Tensor) -> Tensor:
+        """linear_pos of the relative-position rows (W, D) -> (H, W, dk); depends only on weights,
+        so it is computed once per chunk length and reused until the weights change."""
+        key = (pos.size(0), pos.dtype, pos.device, self.linear_pos.weight._version)
+        if getattr(self, "_pos_key", None) != key:
+            self._pos_key = key
+            self._pos_proj = self.linear_pos(pos).view(-1, self.h, self.dk).transpose(0, 1).contiguous()
+        return self._pos_proj
+
+    def forward(self, a: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, mask: Tensor,
+                bias_u: Tensor, bias_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """a (B,T,D) attends to [cache; a] (n = C+T keys). `pos` holds the rows for relative
+        positions C+T-1 ... -(T-1) (W = C+2T-1, descending), all that T queries need.
+        `mask` (B,T,n) is True where attention is not allowed. Returns output and new K/V caches."""
         b, t, _ = a.shape
-        kv = torch.cat([cache, a], dim=1)
-        n = kv.size(1)
+        k_all = torch.cat([k_cache, self.linear_k(a)], dim=1)
+        v_all = torch.cat([v_cache, self.linear_v(a)], dim=1)
+        n = k_all.size(1)
         q = self.linear_q(a).view(b, t, self.h, self.dk)
-        k = self.linear_k(kv).view(b, n, self.h, self.dk).transpose(1, 2)
-        v = self.linear_v(kv).view(b, n, self.h, self.dk).transpose(1, 2)
-        p = self.linear_pos(pos).view(-1, self.h, self.dk).transpose(0, 1)  # (H, W, dk)
+        k = k_all.view(b, n, self.h, self.dk).transpose(1, 2)
+        v = v_all.view(b, n, self.h, self.dk).transpose(1, 2)
+        p = self.project_positions(pos)  # (H, W, dk)
         ac = torch.matmul((q + bias_u).transpose(1, 2), k.transpose(-2, -1))  # (B,H,T,n)
-        bd = torch.matmul((q + bias_v).transpose(1, 2), p.transpose(-2, -1))  # (B,H,T,W)
-        bd = _rel_shift(bd, n)
+        bd = _rel_shift(torch.matmul((q + bias_v).transpose(1, 2), p.transpose(-2, -1)), n)
         scores = (ac + bd) / math.sqrt(self.dk)
         m = mask.unsqueeze(1)
         attn = torch.softmax(scores.masked_fill(m, -10000.0), dim=-1).masked_fill(m, 0.0)
         out = torch.matmul(attn, v).transpose(1, 2).reshape(b, t, self.h * self.dk)
-        return self.linear_out(out)
+        c = k_cache.size(1)
+        return self.linear_out(out), k_all[:, n - c:], v_all[:, n - c:]
 
 
 def _rel_shift(bd: Tensor, n: Tensor | int) -> Tensor:
@@ -184,16 +197,16 @@ class ConformerLayer(nn.Module):
         self.feed_forward2 = FeedForward(d, d * cfg.ff_expansion_factor, bias)
         self.norm_out = nn.LayerNorm(d)
 
-    def forward(self, x: Tensor, ch_cache: Tensor, t_cache: Tensor, pos: Tensor, att_mask: Tensor,
-                pad: Tensor, bias_u: Tensor, bias_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, k_cache: Tensor, v_cache: Tensor, t_cache: Tensor, pos: Tensor,
+                att_mask: Tensor, pad: Tensor, bias_u: Tensor, bias_v: Tensor
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         x = x + 0.5 * self.feed_forward1(self.norm_feed_forward1(x))
-        a = self.norm_self_att(x)
-        x = x + self.self_attn(a, ch_cache, pos, att_mask, bias_u, bias_v)
+        att, k_cache, v_cache = self.self_attn(self.norm_self_att(x), k_cache, v_cache, pos, att_mask, bias_u, bias_v)
+        x = x + att
         c, t_cache = self.conv(self.norm_conv(x), t_cache, pad)
         x = x + c
         x = x + 0.5 * self.feed_forward2(self.norm_feed_forward2(x))
-        new_ch = torch.cat([ch_cache, a], dim=1)[:, -ch_cache.size(1):]
-        return self.norm_out(x), new_ch, t_cache
+        return self.norm_out(x), k_cache, v_cache, t_cache
 
 
 class ConformerEncoder(nn.Module):
@@ -216,7 +229,8 @@ class ConformerEncoder(nn.Module):
                       dtype: torch.dtype = torch.float32) -> EncoderCache:
         c = self.cfg
         return EncoderCache(
-            channel=torch.zeros(c.n_layers, batch, c.left_context, c.d_model, device=device, dtype=dtype),
+            key=torch.zeros(c.n_layers, batch, c.left_context, c.d_model, device=device, dtype=dtype),
+            value=torch.zeros(c.n_layers, batch, c.left_context, c.d_model, device=device, dtype=dtype),
             time=torch.zeros(c.n_layers, batch, c.d_model, c.conv_kernel_size - 1, device=device, dtype=dtype),
             length=torch.zeros(batch, dtype=torch.long, device=device),
         )
@@ -230,15 +244,16 @@ class ConformerEncoder(nn.Module):
         c = self.cache_size
         pos = self.pos_enc.positions(c + t - 1, -(t - 1), x.device, x.dtype)
         att_mask, pad = self._masks(length, cache.length, t)
-        channel, time = [], []
+        keys, values, times = [], [], []
         for i, layer in enumerate(self.layers):
             u = layer.self_attn.pos_bias_u if self.cfg.untie_biases else self.pos_bias_u
             v = layer.self_attn.pos_bias_v if self.cfg.untie_biases else self.pos_bias_v
-            x, ch, tm = layer(x, cache.channel[i], cache.time[i], pos, att_mask, pad, u, v)
-            channel.append(ch)
-            time.append(tm)
+            x, k, val, tm = layer(x, cache.key[i], cache.value[i], cache.time[i], pos, att_mask, pad, u, v)
+            keys.append(k)
+            values.append(val)
+            times.append(tm)
         new_len = torch.clamp(cache.length + length, max=c)
-        return x, EncoderCache(torch.stack(channel), torch.stack(time), new_len)
+        return x, EncoderCache(torch.stack(keys), torch.stack(values), torch.stack(times), new_len)
 
     def _masks(self, length: Tensor, cache_len: Tensor, t: int) -> tuple[Tensor, Tensor]:
         """Attention mask (B,T,C+T) and pad mask (B,T); True = masked. Window position 0 is the

@@ -165,7 +165,7 @@ def calibrate_joint_bias(model: ASRModel, samples: np.ndarray, emit_rate: float 
     lo, hi = 0.0, 1.0
     while rate(hi) >= emit_rate and hi < 1e4:
         lo, hi = hi, hi * 2
-    for _ in range(20):
+    for _ in range(10):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if rate(mid) >= emit_rate else (lo, mid)
     bias[blank] = base + lo
