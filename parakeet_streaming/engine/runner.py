@@ -120,15 +120,15 @@ class Runner:
 
     def _run(self, work: list[_Plan]) -> dict[int, tuple[list[int], list[float], list[int], int]]:
         idx = torch.tensor([p.slot for p in work], device=self.device)
-        enc_cache, dec_state, ctx = self.table.gather(idx)
+        dec_state, ctx = self.table.gather(idx)
         mel_new = self._mel(work)  # (B, F, M) float32
         x, length, new_ctx = self._pre_encode_input(work, ctx, mel_new)
         sub, sub_len = self.model.encoder.pre_encode(x.to(self.dtype), length)
         x, t_len = self._drop_context(work, sub, sub_len)
-        out, enc_cache = self.model.encoder(x, t_len, enc_cache)
+        out = self.model.encoder(x, t_len, self.table.enc, idx)
         self.last_encoder_output = (idx, out, t_len)  # for tests and calibration
         em, dec_state = self.model.greedy.decode(out, t_len, dec_state)
-        self.table.scatter(idx, enc_cache, dec_state, new_ctx)
+        self.table.scatter(idx, dec_state, new_ctx)
         t_list = t_len.tolist()
         return {p.slot: (em.tokens[b], em.confidences[b], em.frames[b], t_list[b]) for b, p in enumerate(work)}
 

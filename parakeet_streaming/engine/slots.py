@@ -1,8 +1,8 @@
 """Device-side state of every stream, preallocated once and indexed by slot.
 
-Per slot: the encoder caches, the RNN-T decoder state and the last `pre_encode_cache` mel frames
-that the next chunk is prefixed with. A batched step gathers the rows of its slots, runs, and writes
-the new rows back; nothing is allocated per stream.
+Per slot: the encoder state (updated in place by the encoder), the RNN-T decoder state and the
+last `PRE_ENCODE_CACHE` mel frames that the next chunk is prefixed with. A step gathers the small
+decoder and mel rows of its slots and writes them back; nothing is allocated per stream.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from parakeet_streaming.model.asr import ASRModel
-from parakeet_streaming.model.encoder import EncoderCache
+from parakeet_streaming.model.encoder import EncoderState
 from parakeet_streaming.model.rnnt import DecoderState
 
 PRE_ENCODE_CACHE = 9  # mel frames of left context for the causal subsampling (chunks after the first)
@@ -19,7 +19,7 @@ PRE_ENCODE_CACHE = 9  # mel frames of left context for the causal subsampling (c
 class SlotTable:
     def __init__(self, model: ASRModel, num_slots: int, device: torch.device, dtype: torch.dtype) -> None:
         self.num_slots = num_slots
-        self.enc = model.encoder.initial_cache(num_slots, device, dtype)
+        self.enc: EncoderState = model.encoder.initial_state(num_slots, model.chunk_frames, device, dtype)
         with torch.no_grad():
             self._sos = model.greedy.initial_state(1, device, dtype)
         self.dec = DecoderState(
@@ -31,25 +31,18 @@ class SlotTable:
         self.mel_ctx = torch.zeros(num_slots, PRE_ENCODE_CACHE, n_mels, device=device, dtype=torch.float32)
 
     def reset(self, slot: int) -> None:
-        self.enc.key[:, slot].zero_()
-        self.enc.value[:, slot].zero_()
-        self.enc.time[:, slot].zero_()
-        self.enc.length[slot] = 0
+        self.enc.reset(slot)
         self.dec.h[:, slot] = self._sos.h[:, 0]
         self.dec.c[:, slot] = self._sos.c[:, 0]
         self.dec.g[slot] = self._sos.g[0]
         self.mel_ctx[slot].zero_()
 
-    def gather(self, idx: Tensor) -> tuple[EncoderCache, DecoderState, Tensor]:
-        enc = EncoderCache(self.enc.key[:, idx], self.enc.value[:, idx], self.enc.time[:, idx], self.enc.length[idx])
+    def gather(self, idx: Tensor) -> tuple[DecoderState, Tensor]:
+        """Decoder state and mel context of some slots (small; the encoder state is used in place)."""
         dec = DecoderState(self.dec.h[:, idx], self.dec.c[:, idx], self.dec.g[idx])
-        return enc, dec, self.mel_ctx[idx]
+        return dec, self.mel_ctx[idx]
 
-    def scatter(self, idx: Tensor, enc: EncoderCache, dec: DecoderState, mel_ctx: Tensor) -> None:
-        self.enc.key[:, idx] = enc.key
-        self.enc.value[:, idx] = enc.value
-        self.enc.time[:, idx] = enc.time
-        self.enc.length[idx] = enc.length
+    def scatter(self, idx: Tensor, dec: DecoderState, mel_ctx: Tensor) -> None:
         self.dec.h[:, idx] = dec.h
         self.dec.c[:, idx] = dec.c
         self.dec.g[idx] = dec.g

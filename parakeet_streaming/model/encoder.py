@@ -1,12 +1,17 @@
 """Cache-aware FastConformer encoder, one streaming chunk at a time.
 
 Module and parameter names follow NeMo's `ConformerEncoder`, so a NeMo state_dict loads as is.
-Shapes: B streams, T new encoder frames, C = left context (70) cache slots, D = d_model.
-Caches are layer-first. NeMo caches each layer's attention input (the output of `norm_self_att`)
-and projects all C+T keys and values again at every step; we cache the projected keys `key` and
-values `value` (L, B, C, D) instead, which is the same attention (the projections are linear) for a
-fraction of the work. `time` (L, B, D, K-1) holds the last K-1 post-GLU frames of the convolution
-module and `length` (B,) how many of the C attention slots hold real frames.
+Shapes: S slots (streams), B streams in a step, T new encoder frames, C = left context (70),
+D = d_model, L layers.
+
+State lives in preallocated per-slot storage (`EncoderState`) and is updated in place:
+- NeMo caches each layer's attention input (the output of `norm_self_att`) and projects all C+T
+  keys and values again at every step. We keep the projected keys and values instead (the same
+  attention, the projections being linear), in a ring of N = C + T_chunk frames per slot: encoder
+  frame f of a stream lives at ring position f mod N, so a step writes only its T new frames and
+  nothing is shifted, concatenated or copied back.
+- `time` (L, S, D, K-1): the last K-1 post-GLU frames of each convolution module.
+- `frames` (S,): encoder frames each slot has seen; ring positions and validity follow from it.
 """
 from __future__ import annotations
 
@@ -21,11 +26,35 @@ from parakeet_streaming.config import EncoderConfig
 
 
 @dataclass
-class EncoderCache:
-    key: Tensor  # (L, B, C, D) projected keys of the last C frames
-    value: Tensor  # (L, B, C, D) projected values
-    time: Tensor  # (L, B, D, K-1)
-    length: Tensor  # (B,) int64
+class EncoderState:
+    key: Tensor  # (L, S, N, D) ring of projected keys
+    value: Tensor  # (L, S, N, D) ring of projected values
+    time: Tensor  # (L, S, D, K-1)
+    frames: Tensor  # (S,) int64
+
+    def reset(self, slot: int) -> None:
+        self.time[:, slot].zero_()
+        self.frames[slot] = 0  # ring contents are masked until rewritten
+
+    def ordered(self, store: Tensor, slot: int, layer: int, context: int) -> Tensor:
+        """The last min(frames, context) entries of `key` or `value` for a slot, oldest first
+        (what NeMo's attention cache holds, projected), for inspection and tests."""
+        n, f = store.size(2), int(self.frames[slot])
+        return store[layer, slot, [i % n for i in range(max(0, f - context), f)]]
+
+
+@dataclass
+class StepBatch:
+    """Which slots a step covers and where its frames go. Built once per step, shared by layers."""
+
+    idx: Tensor  # (B,) slot of each batch row
+    rows: slice | Tensor  # a slice when the slots are contiguous (views, no copies), else idx
+    write_flat: Tensor  # (n_valid,) flat (slot * N + ring position) of each valid new frame
+    write_src: Tensor  # (n_valid,) flat (b * T + t) of the same frames in the step's (B*T) rows
+    ring_index: Tensor  # (B, 1, T, N) column of each ring key in the positional scores
+    att_mask: Tensor  # (B, T, N) True = masked
+    pad: Tensor  # (B, T) True on padded frames
+    pos: Tensor  # (C + 2T - 1, D) relative position rows, descending
 
 
 def conv_out_length(length: Tensor) -> Tensor:
@@ -131,35 +160,28 @@ class RelPositionAttention(nn.Module):
             self._pos_proj = self.linear_pos(pos).view(-1, self.h, self.dk).transpose(0, 1).contiguous()
         return self._pos_proj
 
-    def forward(self, a: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, mask: Tensor,
-                bias_u: Tensor, bias_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """a (B,T,D) attends to [cache; a] (n = C+T keys). `pos` holds the rows for relative
-        positions C+T-1 ... -(T-1) (W = C+2T-1, descending), all that T queries need.
-        `mask` (B,T,n) is True where attention is not allowed. Returns output and new K/V caches."""
-        b, t, _ = a.shape
-        k_all = torch.cat([k_cache, self.linear_k(a)], dim=1)
-        v_all = torch.cat([v_cache, self.linear_v(a)], dim=1)
-        n = k_all.size(1)
+    def forward(self, a: Tensor, key: Tensor, value: Tensor, batch: StepBatch, bias_u: Tensor,
+                bias_v: Tensor) -> Tensor:
+        """a (B,T,D) attends to the ring keys/values (S,N,D) of its slots, after the T new frames are
+        written into them. Scores against the positional rows are gathered by each ring key's
+        relative position to each query."""
+        b, t, d = a.shape
+        for store, proj in ((key, self.linear_k), (value, self.linear_v)):
+            flat = store.view(-1, d)
+            flat[batch.write_flat] = proj(a).reshape(-1, d)[batch.write_src]
+        n = key.size(1)
+        k = key[batch.rows].view(b, n, self.h, self.dk).transpose(1, 2)
+        v = value[batch.rows].view(b, n, self.h, self.dk).transpose(1, 2)
         q = self.linear_q(a).view(b, t, self.h, self.dk)
-        k = k_all.view(b, n, self.h, self.dk).transpose(1, 2)
-        v = v_all.view(b, n, self.h, self.dk).transpose(1, 2)
-        p = self.project_positions(pos)  # (H, W, dk)
-        ac = torch.matmul((q + bias_u).transpose(1, 2), k.transpose(-2, -1))  # (B,H,T,n)
-        bd = _rel_shift(torch.matmul((q + bias_v).transpose(1, 2), p.transpose(-2, -1)), n)
+        p = self.project_positions(batch.pos)  # (H, W, dk)
+        ac = torch.matmul((q + bias_u).transpose(1, 2), k.transpose(-2, -1))  # (B,H,T,N)
+        bd = torch.matmul((q + bias_v).transpose(1, 2), p.transpose(-2, -1))  # (B,H,T,W)
+        bd = torch.gather(bd, 3, batch.ring_index.expand(-1, self.h, -1, -1))
         scores = (ac + bd) / math.sqrt(self.dk)
-        m = mask.unsqueeze(1)
+        m = batch.att_mask.unsqueeze(1)
         attn = torch.softmax(scores.masked_fill(m, -10000.0), dim=-1).masked_fill(m, 0.0)
         out = torch.matmul(attn, v).transpose(1, 2).reshape(b, t, self.h * self.dk)
-        c = k_cache.size(1)
-        return self.linear_out(out), k_all[:, n - c:], v_all[:, n - c:]
-
-
-def _rel_shift(bd: Tensor, n: Tensor | int) -> Tensor:
-    """(B,H,T,W) scores against positions (T-1+C) ... -(T-1) -> (B,H,T,n) with entry (i, j) the score
-    for relative position (C+i) - j, i.e. column (T-1-i) + j of row i."""
-    b, h, t, w = bd.shape
-    bd = bd.contiguous()
-    return bd.as_strided((b, h, t, n), (h * t * w, t * w, w - 1, 1), bd.storage_offset() + t - 1)
+        return self.linear_out(out)
 
 
 class ConvModule(nn.Module):
@@ -172,15 +194,17 @@ class ConvModule(nn.Module):
         self.batch_norm = nn.LayerNorm(d_model)  # NeMo's name; it is a LayerNorm for conv_norm_type=layer_norm
         self.pointwise_conv2 = nn.Conv1d(d_model, d_model, 1, bias=bias)
 
-    def forward(self, x: Tensor, cache: Tensor, pad: Tensor) -> tuple[Tensor, Tensor]:
-        """x (B,T,D), cache (B,D,K-1), pad (B,T) True on padded frames -> (B,T,D), new cache."""
+    def forward(self, x: Tensor, cache: Tensor, batch: StepBatch) -> Tensor:
+        """x (B,T,D); cache (S,D,K-1) per slot, updated in place with the last K-1 GLU frames
+        (padded frames zeroed, as NeMo does)."""
         g = F.glu(self.pointwise_conv1(x.transpose(1, 2)), dim=1)
-        g = g.masked_fill(pad.unsqueeze(1), 0.0)
-        full = torch.cat([cache, g], dim=2)
+        g = g.masked_fill(batch.pad.unsqueeze(1), 0.0)
+        full = torch.cat([cache[batch.rows], g], dim=2)
+        cache[batch.rows] = full[:, :, -cache.size(2):]
         y = self.depthwise_conv(full)
         y = self.batch_norm(y.transpose(1, 2)).transpose(1, 2)
         y = self.pointwise_conv2(F.silu(y))
-        return y.transpose(1, 2), full[:, :, -cache.size(2):]
+        return y.transpose(1, 2)
 
 
 class ConformerLayer(nn.Module):
@@ -197,16 +221,13 @@ class ConformerLayer(nn.Module):
         self.feed_forward2 = FeedForward(d, d * cfg.ff_expansion_factor, bias)
         self.norm_out = nn.LayerNorm(d)
 
-    def forward(self, x: Tensor, k_cache: Tensor, v_cache: Tensor, t_cache: Tensor, pos: Tensor,
-                att_mask: Tensor, pad: Tensor, bias_u: Tensor, bias_v: Tensor
-                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, key: Tensor, value: Tensor, time: Tensor, batch: StepBatch,
+                bias_u: Tensor, bias_v: Tensor) -> Tensor:
         x = x + 0.5 * self.feed_forward1(self.norm_feed_forward1(x))
-        att, k_cache, v_cache = self.self_attn(self.norm_self_att(x), k_cache, v_cache, pos, att_mask, bias_u, bias_v)
-        x = x + att
-        c, t_cache = self.conv(self.norm_conv(x), t_cache, pad)
-        x = x + c
+        x = x + self.self_attn(self.norm_self_att(x), key, value, batch, bias_u, bias_v)
+        x = x + self.conv(self.norm_conv(x), time, batch)
         x = x + 0.5 * self.feed_forward2(self.norm_feed_forward2(x))
-        return self.norm_out(x), k_cache, v_cache, t_cache
+        return self.norm_out(x)
 
 
 class ConformerEncoder(nn.Module):
@@ -225,47 +246,66 @@ class ConformerEncoder(nn.Module):
     def cache_size(self) -> int:
         return self.cfg.left_context
 
-    def initial_cache(self, batch: int, device: torch.device | str = "cpu",
-                      dtype: torch.dtype = torch.float32) -> EncoderCache:
+    def initial_state(self, slots: int, chunk_frames: int, device: torch.device | str = "cpu",
+                      dtype: torch.dtype = torch.float32) -> EncoderState:
+        """Storage for `slots` streams whose chunks have at most `chunk_frames` encoder frames."""
         c = self.cfg
-        return EncoderCache(
-            key=torch.zeros(c.n_layers, batch, c.left_context, c.d_model, device=device, dtype=dtype),
-            value=torch.zeros(c.n_layers, batch, c.left_context, c.d_model, device=device, dtype=dtype),
-            time=torch.zeros(c.n_layers, batch, c.d_model, c.conv_kernel_size - 1, device=device, dtype=dtype),
-            length=torch.zeros(batch, dtype=torch.long, device=device),
+        ring = c.left_context + chunk_frames
+        kv = (c.n_layers, slots, ring, c.d_model)
+        return EncoderState(
+            key=torch.zeros(kv, device=device, dtype=dtype),
+            value=torch.zeros(kv, device=device, dtype=dtype),
+            time=torch.zeros(c.n_layers, slots, c.d_model, c.conv_kernel_size - 1, device=device, dtype=dtype),
+            frames=torch.zeros(slots, dtype=torch.long, device=device),
         )
 
-    def forward(self, x: Tensor, length: Tensor, cache: EncoderCache) -> tuple[Tensor, EncoderCache]:
-        """One streaming step on pre-encoded frames x (B,T,D) with valid lengths (B,).
-        Returns encoder output (B,T,D) (frames at or past `length` are padding) and the new cache."""
+    def forward(self, x: Tensor, length: Tensor, state: EncoderState, idx: Tensor) -> Tensor:
+        """One streaming step for the slots `idx` on pre-encoded frames x (B,T,D) with valid lengths
+        (B,). Returns the encoder output (B,T,D); frames at or past `length` are padding."""
         if self.pos_enc.xscale is not None:
             x = x * self.pos_enc.xscale
-        b, t, _ = x.shape
-        c = self.cache_size
-        pos = self.pos_enc.positions(c + t - 1, -(t - 1), x.device, x.dtype)
-        att_mask, pad = self._masks(length, cache.length, t)
-        keys, values, times = [], [], []
+        batch = self._batch(idx, length, x.size(1), state, x.dtype)
         for i, layer in enumerate(self.layers):
             u = layer.self_attn.pos_bias_u if self.cfg.untie_biases else self.pos_bias_u
             v = layer.self_attn.pos_bias_v if self.cfg.untie_biases else self.pos_bias_v
-            x, k, val, tm = layer(x, cache.key[i], cache.value[i], cache.time[i], pos, att_mask, pad, u, v)
-            keys.append(k)
-            values.append(val)
-            times.append(tm)
-        new_len = torch.clamp(cache.length + length, max=c)
-        return x, EncoderCache(torch.stack(keys), torch.stack(values), torch.stack(times), new_len)
+            x = layer(x, state.key[i], state.value[i], state.time[i], batch, u, v)
+        state.frames[idx] += length
+        return x
 
-    def _masks(self, length: Tensor, cache_len: Tensor, t: int) -> tuple[Tensor, Tensor]:
-        """Attention mask (B,T,C+T) and pad mask (B,T); True = masked. Window position 0 is the
-        oldest cache slot; the chunk starts at position C."""
-        c = self.cache_size
-        dev = length.device
-        win = torch.arange(c + t, device=dev)
-        valid_k = (win.unsqueeze(0) >= (c - cache_len).unsqueeze(1)) & (win.unsqueeze(0) < (c + length).unsqueeze(1))
-        q = torch.arange(t, device=dev)
-        valid_q = q.unsqueeze(0) < length.unsqueeze(1)
+    def _batch(self, idx: Tensor, length: Tensor, t: int, state: EncoderState, dtype: torch.dtype) -> StepBatch:
+        """Ring positions, masks and positional gather indices for one step.
+
+        Window position j = 0 is the oldest of the C cache frames, the chunk starts at j = C
+        (NeMo's layout). A ring key holding stream frame f sits at j = f - (head - C), where head is
+        the number of frames the slot had seen before this step."""
+        c, n, dev = self.cache_size, state.key.size(2), idx.device
+        if t > n - c:
+            raise ValueError(f"a chunk of {t} frames does not fit a ring of {n} with {c} of context")
+        head = state.frames[idx]  # (B,)
+        b = idx.numel()
+        tt = torch.arange(t, device=dev)
+        new_f = head.unsqueeze(1) + tt  # (B,T) stream frame index of each new frame
+        valid_new = tt.unsqueeze(0) < length.unsqueeze(1)
+        write_flat = (idx.unsqueeze(1) * n + new_f % n)[valid_new]
+        write_src = (torch.arange(b, device=dev).unsqueeze(1) * t + tt)[valid_new]
+        # Stream frame held by each ring position after the write: the newest f < head+len, f = r mod N.
+        end = (head + length).unsqueeze(1)  # (B,1)
+        r = torch.arange(n, device=dev).unsqueeze(0)
+        held = end - 1 - ((end - 1 - r) % n)  # (B,N)
+        j = held - (head.unsqueeze(1) - c)  # window position
+        valid_k = (held >= 0) & (j >= 0) & (j < c + length.unsqueeze(1))
+        q = tt.unsqueeze(0)
+        valid_q = q < length.unsqueeze(1)
         cs = self.cfg.lookahead + 1
-        diff = (q.unsqueeze(1) + c) // cs - win.unsqueeze(0) // cs
+        diff = (q.unsqueeze(2) + c) // cs - j.unsqueeze(1).clamp(min=0) // cs  # (B,T,N)
         chunk_ok = (diff >= 0) & (diff <= self.cfg.left_context // cs)
-        allowed = chunk_ok.unsqueeze(0) & valid_k.unsqueeze(1) & valid_q.unsqueeze(2)
-        return ~allowed, ~valid_q
+        allowed = chunk_ok & valid_k.unsqueeze(1) & valid_q.unsqueeze(2)
+        # Relative position (C + i) - j is column (T-1-i) + j of the positional scores.
+        ring_index = ((t - 1 - q).unsqueeze(2) + j.unsqueeze(1)).clamp(0, c + 2 * t - 2).unsqueeze(1)
+        start = int(idx[0])
+        contiguous = bool(torch.equal(idx, torch.arange(start, start + b, device=dev)))
+        return StepBatch(
+            idx=idx, rows=slice(start, start + b) if contiguous else idx, write_flat=write_flat,
+            write_src=write_src, ring_index=ring_index, att_mask=~allowed, pad=~valid_q,
+            pos=self.pos_enc.positions(c + t - 1, -(t - 1), dev, dtype),
+        )
