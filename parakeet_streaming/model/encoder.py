@@ -154,7 +154,9 @@ class RelPositionAttention(nn.Module):
     def project_positions(self, pos: Tensor) -> Tensor:
         """linear_pos of the relative-position rows (W, D) -> (H, W, dk); depends only on weights,
         so it is computed once per chunk length and reused until the weights change."""
-        key = (pos.size(0), pos.dtype, pos.device, self.linear_pos.weight._version)
+        weight = self.linear_pos.weight  # a method on dynamically quantized Linear modules
+        version = weight._version if isinstance(weight, Tensor) else id(self.linear_pos)
+        key = (pos.size(0), pos.dtype, pos.device, version)
         if getattr(self, "_pos_key", None) != key:
             self._pos_key = key
             self._pos_proj = self.linear_pos(pos).view(-1, self.h, self.dk).transpose(0, 1).contiguous()

@@ -1,0 +1,273 @@
+"""The engine: one thread owns the model and every stream; transports talk to it through a queue.
+
+Public methods are thread-safe and never block: they put a command on the inbox. The loop drains
+the inbox, asks the scheduler which ready streams step, runs one batched `Runner.step`, and hands
+each stream's events to its sink (called on the engine thread; sinks must not block).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from parakeet_streaming.engine import scheduler
+from parakeet_streaming.engine.events import EngineStats, Event, Result, ServerFull, StreamFailed, UtteranceEnd
+from parakeet_streaming.engine.runner import Runner, StepOutput
+from parakeet_streaming.engine.stream import Stream
+from parakeet_streaming.model.asr import ASRModel
+
+log = logging.getLogger("parakeet_streaming.engine")
+
+Sink = Callable[[Event], None]
+IDLE_WAIT = 0.05  # seconds the loop blocks on an empty inbox when nothing is ready
+
+
+@dataclass
+class _Open:
+    sink: Sink
+    future: concurrent.futures.Future
+
+
+@dataclass
+class _Audio:
+    stream_id: int
+    samples: np.ndarray
+    final: bool
+
+
+@dataclass
+class _Finalize:
+    stream_id: int
+
+
+@dataclass
+class _Abort:
+    stream_id: int
+
+
+class _Stop:
+    pass
+
+
+class Engine:
+    def __init__(self, model: ASRModel, max_num_streams: int, device: str | torch.device = "cpu",
+                 max_batch_size: int | None = None) -> None:
+        self.model = model
+        self.runner = Runner(model, max_num_streams, device)
+        self.max_num_streams = max_num_streams
+        self.max_batch_size = max_batch_size or max_num_streams
+        self.ready = threading.Event()  # set once the model is warmed up and the loop runs
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._streams: dict[int, Stream] = {}
+        self._by_slot: dict[int, Stream] = {}
+        self._last_step: dict[int, int] = {}
+        self._next_id = 1
+        self._thread = threading.Thread(target=self._run, name="parakeet-engine", daemon=True)
+        self.stats = EngineStats(free_slots=max_num_streams)
+        self.num_active = 0
+        self.num_free = max_num_streams
+
+    # ---- the thread-safe surface --------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        self._inbox.put(_Stop())
+        self._thread.join(timeout)
+
+    def open_stream(self, sink: Sink) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._inbox.put(_Open(sink, future))
+        return future
+
+    def send_audio(self, stream_id: int, samples: np.ndarray, final: bool = False) -> None:
+        self._inbox.put(_Audio(stream_id, np.asarray(samples, dtype=np.float32), final))
+
+    def finalize(self, stream_id: int) -> None:
+        self._inbox.put(_Finalize(stream_id))
+
+    def abort(self, stream_id: int) -> None:
+        self._inbox.put(_Abort(stream_id))
+
+    # ---- the loop -------------------------------------------------------------------------
+    def _run(self) -> None:
+        self._warm_up()
+        self.ready.set()
+        while True:
+            if not self._drain(block=not self._any_ready()):
+                break
+            ready = [s for s in self._streams.values() if self.runner.ready(s.slot)]
+            if ready:
+                self._step(ready)
+        for stream in list(self._streams.values()):
+            self._release(stream)
+
+    def _warm_up(self) -> None:
+        """One step on a scratch slot so the first real stream does not pay for lazy init."""
+        if self.max_num_streams == 0:
+            return
+        slot = self.max_num_streams - 1
+        self.runner.open(slot)
+        self.runner.push(slot, np.zeros(self.runner.chunk_samples * 2, dtype=np.float32))
+        self.runner.finish(slot)
+        while self.runner.ready(slot):
+            self.runner.step([slot])
+        self.runner.release(slot)
+
+    def _any_ready(self) -> bool:
+        return any(self.runner.ready(s.slot) for s in self._streams.values())
+
+    def _drain(self, block: bool) -> bool:
+        """Apply every queued command; False when asked to stop."""
+        try:
+            cmd = self._inbox.get(timeout=IDLE_WAIT) if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return True
+        while True:
+            if isinstance(cmd, _Stop):
+                return False
+            self._apply(cmd)
+            try:
+                cmd = self._inbox.get_nowait()
+            except queue.Empty:
+                return True
+
+    def _apply(self, cmd: Any) -> None:
+        if isinstance(cmd, _Open):
+            self._open(cmd)
+            return
+        stream = self._streams.get(cmd.stream_id)
+        if stream is None:
+            return  # already finished or aborted: late commands are harmless
+        if isinstance(cmd, _Abort):
+            self._release(stream)
+        elif isinstance(cmd, _Audio):
+            if not stream.finishing and len(cmd.samples):
+                stream.samples += len(cmd.samples)
+                self.runner.push(stream.slot, cmd.samples)
+            if cmd.final:
+                self._finish(stream)
+        elif isinstance(cmd, _Finalize):
+            self._finish(stream)
+
+    def _open(self, cmd: _Open) -> None:
+        free = sorted(set(range(self.max_num_streams)) - set(self._by_slot))
+        if not free:
+            cmd.future.set_exception(ServerFull(f"all {self.max_num_streams} stream slots are in use"))
+            return
+        slot = free[0]  # lowest first keeps active slots contiguous, so steps index them in place
+        stream = Stream(self._next_id, slot, cmd.sink, self.model.tokenizer, self.runner.frame_ms,
+                        self.runner.sample_rate)
+        self._next_id += 1
+        self.runner.open(slot)
+        self._streams[stream.id], self._by_slot[slot] = stream, stream
+        self._last_step[stream.id] = -1
+        self._count()
+        cmd.future.set_result(stream.id)
+
+    def _finish(self, stream: Stream) -> None:
+        if not stream.finishing:
+            stream.finishing = True
+            self.runner.finish(stream.slot)
+
+    def _release(self, stream: Stream) -> None:
+        self.runner.release(stream.slot)
+        self._streams.pop(stream.id, None)
+        self._by_slot.pop(stream.slot, None)
+        self._last_step.pop(stream.id, None)
+        self._count()
+
+    def _count(self) -> None:
+        self.num_active = len(self._streams)
+        self.num_free = self.max_num_streams - self.num_active
+        self.stats.active_streams, self.stats.free_slots = self.num_active, self.num_free
+
+    def _step(self, ready: list[Stream]) -> None:
+        candidates = [scheduler.Candidate(s.id, self._last_step[s.id], s.finishing) for s in ready]
+        batch = [self._streams[i] for i in scheduler.pick(candidates, self.max_batch_size)]
+        started = time.perf_counter()
+        try:
+            outputs = self.runner.step([s.slot for s in batch])
+        except Exception as exc:  # one bad batch must not take the engine down
+            log.exception("step failed for streams %s", [s.id for s in batch])
+            for stream in batch:
+                self._emit(stream, StreamFailed(stream.id, "internal", f"decoding failed: {exc}"))
+                self._release(stream)
+            return
+        self._record(len(batch), time.perf_counter() - started, outputs)
+        for out in outputs:
+            stream = self._by_slot[out.slot]
+            self._last_step[stream.id] = self.stats.steps
+            self._deliver(stream, out)
+
+    def _deliver(self, stream: Stream, out: StepOutput) -> None:
+        for event in stream.events(out):
+            if not self._emit(stream, event):
+                return
+        if out.done:
+            self._release(stream)
+
+    def _emit(self, stream: Stream, event: Event) -> bool:
+        try:
+            stream.sink(event)
+            return True
+        except Exception:
+            log.exception("sink of stream %d failed; dropping the stream", stream.id)
+            self._release(stream)
+            return False
+
+    def _record(self, batch: int, seconds: float, outputs: list[StepOutput]) -> None:
+        st = self.stats
+        st.steps += 1
+        st.extra["step_seconds_total"] = st.extra.get("step_seconds_total", 0.0) + seconds
+        st.extra["batch_total"] = st.extra.get("batch_total", 0.0) + batch
+        st.extra["last_step_seconds"] = seconds
+        st.extra["last_batch_size"] = float(batch)
+
+
+def transcribe(engine: Engine, samples: np.ndarray, chunk_samples: int | None = None,
+               timeout: float = 600.0) -> dict[str, Any]:
+    """Run one stream through the engine exactly as a client would, and collect the outcome."""
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    stream_id = engine.open_stream(events.put).result(timeout)
+    step = chunk_samples or engine.runner.chunk_samples
+    for i in range(0, len(samples), step):
+        engine.send_audio(stream_id, samples[i:i + step])
+    engine.finalize(stream_id)
+    tokens: list[int] = []
+    confidences: list[float] = []
+    frames: list[int] = []
+    utterances: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        event = events.get(timeout=max(0.0, deadline - time.monotonic()))
+        if isinstance(event, StreamFailed):
+            raise RuntimeError(f"transcription failed: {event.message}")
+        if isinstance(event, UtteranceEnd):
+            utterances.append({"index": event.utterance, "text": event.text, "audio_ms": event.audio_ms,
+                               "backchannel": event.backchannel, "ended": True})
+        elif isinstance(event, Result):
+            tokens += event.token_ids
+            confidences += event.confidences
+            frames += event.token_frames
+            if event.is_final:
+                tail = engine.model.tokenizer.decode(_tail_tokens(tokens, engine)).strip()
+                if tail:
+                    utterances.append({"index": event.utterance, "text": tail, "audio_ms": event.audio_ms,
+                                       "backchannel": False, "ended": False})
+                return {"text": event.text, "token_ids": tokens, "confidence_scores": confidences,
+                        "token_frames": frames, "utterances": utterances}
+
+
+def _tail_tokens(tokens: list[int], engine: Engine) -> list[int]:
+    """Tokens after the last end-of-utterance token."""
+    tok = engine.model.tokenizer
+    ends = [i for i, t in enumerate(tokens) if t in (tok.eou_id, tok.eob_id)]
+    return tokens[ends[-1] + 1:] if ends else tokens
