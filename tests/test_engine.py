@@ -175,3 +175,16 @@ def test_scheduler_prefers_longest_waiting() -> None:
     assert scheduler.pick(c, 10) == [1, 2, 3, 4]
     assert scheduler.pick(c, 2) == [4, 3]
     assert scheduler.pick(c, 3) == [4, 3, 2]
+
+
+def test_cancelled_open_is_harmless(engine) -> None:
+    """A client that gives up while its stream is being opened takes no slot and breaks nothing."""
+    futures = []
+    for _ in range(20):
+        f = engine.open_stream(lambda e: None)
+        f.cancel()
+        futures.append(f)
+    sid, events = collect(engine)
+    engine.finalize(sid)
+    assert drain_until_final(events)[-1].is_final
+    wait_for(lambda: engine.num_active == sum(1 for f in futures if not f.cancelled()))

@@ -133,7 +133,10 @@ class Engine:
         while True:
             if isinstance(cmd, _Stop):
                 return False
-            self._apply(cmd)
+            try:
+                self._apply(cmd)
+            except Exception:  # a bad command must not take the engine down
+                log.exception("engine command %s failed", type(cmd).__name__)
             try:
                 cmd = self._inbox.get_nowait()
             except queue.Empty:
@@ -158,6 +161,8 @@ class Engine:
             self._finish(stream)
 
     def _open(self, cmd: _Open) -> None:
+        if not cmd.future.set_running_or_notify_cancel():
+            return  # the client gave up (e.g. disconnected) before its stream existed
         free = sorted(set(range(self.max_num_streams)) - set(self._by_slot))
         if not free:
             cmd.future.set_exception(ServerFull(f"all {self.max_num_streams} stream slots are in use"))
