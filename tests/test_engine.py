@@ -188,3 +188,19 @@ def test_cancelled_open_is_harmless(engine) -> None:
     engine.finalize(sid)
     assert drain_until_final(events)[-1].is_final
     wait_for(lambda: engine.num_active == sum(1 for f in futures if not f.cancelled()))
+
+
+def test_audio_ms_tracks_what_was_decoded(engine, speech) -> None:
+    sid, events = collect(engine)
+    sent = 0
+    seen: list[tuple[int, int]] = []  # (audio_ms of a result, ms sent when it could have been made)
+    for i in range(0, len(speech), 2560):
+        engine.send_audio(sid, speech[i:i + 2560])
+        sent += len(speech[i:i + 2560])
+    engine.finalize(sid)
+    got = [e for e in drain_until_final(events) if isinstance(e, Result)]
+    ms = [e.audio_ms for e in got]
+    assert ms == sorted(ms)
+    assert ms[-1] == len(speech) * 1000 // 16000
+    # A partial never claims more audio than a chunk's frames depend on.
+    assert all(m <= len(speech) * 1000 // 16000 for m in ms)

@@ -168,8 +168,7 @@ class Engine:
             cmd.future.set_exception(ServerFull(f"all {self.max_num_streams} stream slots are in use"))
             return
         slot = free[0]  # lowest first keeps active slots contiguous, so steps index them in place
-        stream = Stream(self._next_id, slot, cmd.sink, self.model.tokenizer, self.runner.frame_ms,
-                        self.runner.sample_rate)
+        stream = Stream(self._next_id, slot, cmd.sink, self.model.tokenizer, self.runner.sample_rate)
         self._next_id += 1
         self.runner.open(slot)
         self._streams[stream.id], self._by_slot[slot] = stream, stream

@@ -32,6 +32,7 @@ class StepOutput:
     confidences: list[float] = field(default_factory=list)
     token_frames: list[int] = field(default_factory=list)
     frames_decoded: int = 0
+    samples_covered: int = 0  # stream samples that every decoded frame has seen (all of them when done)
     done: bool = False
 
 
@@ -182,4 +183,14 @@ class Runner:
             cur.audio.discard_before_frame(cur.next_frame)
         cur.done = cur.audio.finished and cur.next_frame >= cur.audio.frames_available()
         out.frames_decoded, out.done = cur.frames_decoded, cur.done
+        out.samples_covered = self._covered(cur)
         return out
+
+    def _covered(self, cur: _Cursor) -> int:
+        """Samples up to the last one the newest decoded mel frame depends on."""
+        if cur.done:
+            return cur.audio.total
+        if cur.next_frame == 0:
+            return 0
+        hop = self.model.config.features.hop_length
+        return min(cur.audio.total, hop * (cur.next_frame - 1) + self._reach + 1)

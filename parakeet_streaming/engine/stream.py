@@ -23,7 +23,6 @@ class Stream:
     slot: int
     sink: Callable[[Event], None]
     tokenizer: Tokenizer
-    frame_ms: int
     sample_rate: int
     samples: int = 0  # received so far
     token_ids: list[int] = field(default_factory=list)
@@ -35,15 +34,15 @@ class Stream:
     def received_ms(self) -> int:
         return self.samples * 1000 // self.sample_rate
 
-    def audio_ms(self, frames_decoded: int) -> int:
-        return min(frames_decoded * self.frame_ms, self.received_ms)
+    def audio_ms(self, samples_covered: int) -> int:
+        return samples_covered * 1000 // self.sample_rate
 
     def text(self) -> str:
         return self.tokenizer.decode(self.token_ids)
 
     def events(self, out: StepOutput) -> list[Event]:
         """The events one step's output makes, in order; the final Result last when `out.done`."""
-        audio_ms = self.audio_ms(out.frames_decoded)
+        audio_ms = self.audio_ms(out.samples_covered)
         events: list[Event] = []
         start = 0
         for i, tok in enumerate(out.token_ids):
