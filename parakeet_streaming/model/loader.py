@@ -150,6 +150,7 @@ def calibrate_joint_bias(model: ASRModel, samples: np.ndarray, emit_rate: float 
         if runner.last_encoder_output is not None:
             _, out, t_len = runner.last_encoder_output
             frames.append(out[0, : int(t_len[0])])
+    _spread_encoder_projection(model, torch.cat(frames))
     bias = model.joint.joint_net[2].bias
     blank, eou = model.tokenizer.blank_id, model.tokenizer.eou_id
     # The largest blank boost that still leaves greedy decoding of the calibration audio emitting
@@ -171,6 +172,21 @@ def calibrate_joint_bias(model: ASRModel, samples: np.ndarray, emit_rate: float 
     bias[blank] = base + lo
     if eou is not None:
         _relabel_as_eou(model, enc_out, length, eou, eou_rate)
+
+
+def _spread_encoder_projection(model: ASRModel, enc: torch.Tensor, gain: float = 20.0) -> None:
+    """Random encoders give frames that differ little from each other, so one token wins everywhere.
+    Centre the joint's encoder projection on the calibration audio and scale it to `gain` times the
+    spread of the predictor projection, so that which token wins depends on the frame."""
+    proj = model.joint.enc
+    f = enc.float() @ proj.weight.float().T
+    labels = torch.arange(model.tokenizer.blank_id + 1)
+    cfg = model.config.decoder
+    zeros = torch.zeros(cfg.pred_rnn_layers, labels.numel(), cfg.pred_hidden)
+    g = model.joint.pred(model.decoder.step(labels, zeros, zeros)[0]).float()
+    scale = gain * float(g.std(0).mean()) / max(float(f.std(0).mean()), 1e-6)
+    proj.weight.mul_(scale)
+    proj.bias.copy_(-(f.mean(0) * scale))
 
 
 def _relabel_as_eou(model: ASRModel, enc: torch.Tensor, length: torch.Tensor, eou: int, share: float) -> None:
