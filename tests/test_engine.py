@@ -131,24 +131,25 @@ def test_concurrent_streams_match_alone(engine, tiny_model, speech, short_speech
 
 
 def test_eou_ends_utterances(engine, tiny_model, speech) -> None:
-    eou = tiny_model.tokenizer.eou_id
+    eou, eob = tiny_model.tokenizer.eou_id, tiny_model.tokenizer.eob_id
     sid, events = collect(engine)
     engine.send_audio(sid, speech, final=True)
     got = drain_until_final(events)
     tokens = [t for e in got if isinstance(e, Result) for t in e.token_ids]
     ends = [e for e in got if isinstance(e, UtteranceEnd)]
     assert tokens.count(eou) >= 1, "the tiny model is calibrated to emit <EOU>"
-    assert len(ends) == tokens.count(eou) + tokens.count(tiny_model.tokenizer.eob_id)
+    assert len(ends) == tokens.count(eou) + tokens.count(eob)
     # Each UtteranceEnd follows the Result holding its <EOU>, and utterance indices count up.
     assert [e.utterance for e in ends] == list(range(len(ends)))
     for i, ev in enumerate(got):
         if isinstance(ev, UtteranceEnd):
-            assert isinstance(got[i - 1], Result) and got[i - 1].token_ids[-1] == eou
+            assert isinstance(got[i - 1], Result) and got[i - 1].token_ids[-1] in (eou, eob)
+            assert ev.backchannel == (got[i - 1].token_ids[-1] == eob)
             assert got[i - 1].utterance == ev.utterance
     # Utterance texts are the text between EOUs; the full text never shows the token.
     pieces, cur = [], []
     for t in tokens:
-        if t == eou:
+        if t in (eou, eob):
             pieces.append(tiny_model.tokenizer.decode(cur).strip())
             cur = []
         else:
