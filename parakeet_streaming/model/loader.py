@@ -100,15 +100,29 @@ def load_model(source: str, *, load_format: str = "auto", device: str = "cpu", d
     else:
         raise ModelLoadError(f"unknown load format {load_format!r} (use 'auto' or 'dummy')")
     model.set_att_context_size(att_context_size)
-    return model.to(device=device, dtype=_dtype(dtype)).eval()
+    return set_precision(model.to(device=device), dtype).eval()
 
 
-def _dtype(name: str) -> torch.dtype:
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if name not in table:
-        raise ModelLoadError(f"unsupported dtype {name!r} (choose one of {sorted(table)})")
-    return table[name]
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def set_precision(model: ASRModel, dtype: str) -> ASRModel:
+    """float32 (exact), bfloat16 / float16 (all weights and activations), or int8: dynamic int8
+    quantization of the Linear layers (weights int8, activations quantized per step, CPU only);
+    the rest stays float32."""
+    if dtype == "int8":
+        if next(model.parameters()).device.type != "cpu":
+            raise ModelLoadError("--dtype int8 (dynamic quantization) runs on the CPU only")
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao.quantization announces its successor
+            torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        return model
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unsupported dtype {dtype!r} (choose one of {sorted(DTYPES) + ['int8']})")
+    return model.to(dtype=DTYPES[dtype])
 
 
 def build_dummy(name: str, seed: int = 0) -> ASRModel:

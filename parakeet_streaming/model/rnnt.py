@@ -5,7 +5,7 @@ Names follow NeMo (`decoder.prediction.embed`, `decoder.prediction.dec_rnn.lstm`
 up to `max_symbols` labels until blank wins, feeding every emitted label to the LSTM.
 
 Confidence: NeMo's default token confidence, the exponentially normalised Tsallis entropy with
-alpha = 1/3 over the softmax of the joint logits (blank included) at the step that emitted the token:
+alpha = 0.33 (NeMo's default value) over the softmax of the joint logits (blank included) at the step that emitted the token:
 1 for a one-hot distribution, 0 for a uniform one.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from parakeet_streaming.config import DecoderConfig
 
-TSALLIS_ALPHA = 1.0 / 3.0
+TSALLIS_ALPHA = 0.33
 
 
 @dataclass
