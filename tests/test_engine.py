@@ -10,7 +10,7 @@ import pytest
 
 from parakeet_streaming.engine import scheduler
 from parakeet_streaming.engine.engine import Engine, transcribe
-from parakeet_streaming.engine.events import Result, ServerFull, UtteranceEnd
+from parakeet_streaming.engine.events import Result, ServerFull, StreamFailed, UtteranceEnd
 from test_runner import run_alone
 
 
@@ -205,3 +205,110 @@ def test_audio_ms_tracks_what_was_decoded(engine, speech) -> None:
     assert ms[-1] == len(speech) * 1000 // 16000
     # A partial never claims more audio than a chunk's frames depend on.
     assert all(m <= len(speech) * 1000 // 16000 for m in ms)
+
+
+def test_scheduler_takes_everyone_when_uncapped_and_is_fair_when_capped() -> None:
+    last = {i: -1 for i in range(5)}
+    assert scheduler.pick([scheduler.Candidate(i, -1, False) for i in range(5)], 5) == list(range(5))
+    counts = dict.fromkeys(last, 0)
+    served = 0  # the engine's serve order: one number per stream served, in batch order
+    for _ in range(10):
+        chosen = scheduler.pick([scheduler.Candidate(i, last[i], False) for i in last], 2)
+        assert len(chosen) == 2
+        for i in chosen:
+            last[i], served = served, served + 1
+            counts[i] += 1
+        assert max(counts.values()) - min(counts.values()) <= 1  # a strict rotation
+    assert set(counts.values()) == {4}
+
+
+def test_commands_for_unknown_streams_are_ignored(engine, tiny_model, short_speech) -> None:
+    for sid in (0, 999, -3):
+        engine.send_audio(sid, short_speech[:1600])
+        engine.send_audio(sid, short_speech[:1600], final=True)
+        engine.finalize(sid)
+        engine.abort(sid)
+    result = transcribe(engine, short_speech)
+    assert result["token_ids"] == run_alone(tiny_model, short_speech)[0]
+
+
+def test_late_audio_and_second_finalize_are_ignored(engine, tiny_model, short_speech) -> None:
+    sid, events = collect(engine)
+    engine.send_audio(sid, short_speech, final=True)
+    engine.send_audio(sid, short_speech)  # after final: dropped
+    engine.finalize(sid)
+    got = drain_until_final(events)
+    assert engine.num_active == 0  # the slot is free by the time the final arrives
+    tokens = [t for e in got if isinstance(e, Result) for t in e.token_ids]
+    assert tokens == run_alone(tiny_model, short_speech)[0]
+    time.sleep(0.2)
+    assert events.empty()
+
+
+def test_failing_step_fails_its_batch_only(engine, tiny_model, short_speech) -> None:
+    real_step = engine.runner.step
+    calls = []
+
+    def broken_step(slots):
+        calls.append(list(slots))
+        raise RuntimeError("device on fire")
+
+    sid, events = collect(engine)
+    engine.runner.step = broken_step  # the loop looks the method up on every step
+    try:
+        engine.send_audio(sid, short_speech, final=True)
+        ev = events.get(timeout=10)
+    finally:
+        engine.runner.step = real_step
+    assert isinstance(ev, StreamFailed) and ev.stream_id == sid and "device on fire" in ev.message
+    wait_for(lambda: engine.num_active == 0)
+    assert len(calls) == 1
+    assert engine.stats_snapshot().extra["step_failures"] == 1
+    # The engine keeps serving, and a reused slot starts clean.
+    assert transcribe(engine, short_speech)["token_ids"] == run_alone(tiny_model, short_speech)[0]
+
+
+def test_capped_batches_do_not_change_tokens(tiny_model, speech, short_speech) -> None:
+    clips = [speech, short_speech, speech[5000:]]
+    eng = Engine(tiny_model, 3, max_batch_size=2)
+    eng.start()
+    try:
+        streams = [collect(eng) for _ in clips]
+        for (sid, _), clip in zip(streams, clips):
+            eng.send_audio(sid, clip, final=True)  # all ready at once: the cap has to rotate them
+        got = [[t for e in drain_until_final(ev) if isinstance(e, Result) for t in e.token_ids]
+               for _, ev in streams]
+        stats = eng.stats_snapshot()
+    finally:
+        eng.shutdown()
+    assert got == [run_alone(tiny_model, c)[0] for c in clips]
+    assert stats.extra["max_batch_size"] == 2
+
+
+def test_stats_count_steps_and_audio(engine, speech) -> None:
+    before = engine.stats_snapshot()
+    transcribe(engine, speech)
+    after = engine.stats_snapshot()
+    steps = after.steps - before.steps
+    assert steps > 0
+    audio = after.extra["audio_seconds_total"] - before.extra.get("audio_seconds_total", 0.0)
+    assert audio == pytest.approx(len(speech) / 16000)
+    assert after.extra["step_seconds_total"] > before.extra.get("step_seconds_total", 0.0)
+    assert after.extra["batch_total"] - before.extra.get("batch_total", 0.0) >= steps
+    assert after.extra["streams_opened"] == before.extra.get("streams_opened", 0.0) + 1
+    assert after.active_streams == 0 and after.free_slots == 4
+
+
+def test_shutdown_fails_live_streams_and_refuses_new_ones(tiny_model, short_speech) -> None:
+    eng = Engine(tiny_model, 2)
+    eng.start()
+    sid, events = collect(eng)
+    eng.send_audio(sid, short_speech[:3000])
+    eng.shutdown()
+    got = []
+    while not events.empty():
+        got.append(events.get())
+    assert isinstance(got[-1], StreamFailed) and got[-1].code == "shutting_down"
+    assert not any(isinstance(e, Result) and e.is_final for e in got)
+    with pytest.raises(ServerFull):  # EngineStopped: transports turn the client away the same way
+        eng.open_stream(lambda e: None).result(1)

@@ -7,6 +7,7 @@ each stream's events to its sink (called on the engine thread; sinks must not bl
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import logging
 import queue
 import threading
@@ -56,6 +57,10 @@ class _Stop:
     pass
 
 
+class EngineStopped(ServerFull):
+    """The engine is shut down. A ServerFull, so transports turn the connection away the same way."""
+
+
 class Engine:
     def __init__(self, model: ASRModel, max_num_streams: int, device: str | torch.device = "cpu",
                  max_batch_size: int | None = None) -> None:
@@ -67,24 +72,35 @@ class Engine:
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._streams: dict[int, Stream] = {}
         self._by_slot: dict[int, Stream] = {}
-        self._last_step: dict[int, int] = {}
+        self._last_served: dict[int, int] = {}  # stream id -> its place in the serve order
+        self._serve_order = itertools.count()
         self._next_id = 1
         self._thread = threading.Thread(target=self._run, name="parakeet-engine", daemon=True)
         self.stats = EngineStats(free_slots=max_num_streams)
         self.num_active = 0
         self.num_free = max_num_streams
+        self._stopped = False  # set by the loop on its way out; later opens fail at once
+        self._stop_lock = threading.Lock()  # no open may slip into the inbox after its last drain
 
     # ---- the thread-safe surface --------------------------------------------------------
     def start(self) -> None:
         self._thread.start()
 
     def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop the loop; live streams get StreamFailed("shutting_down"), later opens EngineStopped."""
+        if not self._thread.is_alive():
+            self._stopped = True
+            return
         self._inbox.put(_Stop())
         self._thread.join(timeout)
 
     def open_stream(self, sink: Sink) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self._inbox.put(_Open(sink, future))
+        with self._stop_lock:
+            if self._stopped:
+                future.set_exception(EngineStopped("the engine is shut down"))
+            else:
+                self._inbox.put(_Open(sink, future))
         return future
 
     def send_audio(self, stream_id: int, samples: np.ndarray, final: bool = False) -> None:
@@ -96,18 +112,49 @@ class Engine:
     def abort(self, stream_id: int) -> None:
         self._inbox.put(_Abort(stream_id))
 
+    def stats_snapshot(self) -> EngineStats:
+        """A copy of the counters, safe to read from any thread (values may be one step stale)."""
+        st = self.stats
+        return EngineStats(st.active_streams, st.free_slots, st.steps, dict(st.extra))
+
     # ---- the loop -------------------------------------------------------------------------
     def _run(self) -> None:
-        self._warm_up()
+        try:
+            self._warm_up()
+        except Exception:  # streams will fail one by one with a clear error; the loop still serves
+            log.exception("engine warm-up failed")
         self.ready.set()
-        while True:
+        while self._iterate():
+            pass
+        self._stop()
+
+    def _iterate(self) -> bool:
+        """Apply queued commands, then step the ready streams once; False when asked to stop."""
+        try:
             if not self._drain(block=not self._any_ready()):
-                break
+                return False
             ready = [s for s in self._streams.values() if self.runner.ready(s.slot)]
             if ready:
                 self._step(ready)
+        except Exception:  # a bug in bookkeeping must not stop every stream: log and carry on
+            log.exception("engine loop iteration failed")
+            time.sleep(IDLE_WAIT)  # no hot loop if the failure repeats
+        return True
+
+    def _stop(self) -> None:
+        """Tell live streams and anyone still waiting for a stream that the engine is gone."""
+        with self._stop_lock:
+            self._stopped = True
         for stream in list(self._streams.values()):
+            self._emit(stream, StreamFailed(stream.id, "shutting_down", "the server is shutting down"))
             self._release(stream)
+        while True:  # commands that raced with the stop: only pending opens need an answer
+            try:
+                cmd = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(cmd, _Open) and cmd.future.set_running_or_notify_cancel():
+                cmd.future.set_exception(EngineStopped("the engine is shut down"))
 
     def _warm_up(self) -> None:
         """One step on a scratch slot so the first real stream does not pay for lazy init."""
@@ -165,6 +212,7 @@ class Engine:
             return  # the client gave up (e.g. disconnected) before its stream existed
         free = sorted(set(range(self.max_num_streams)) - set(self._by_slot))
         if not free:
+            self._bump("streams_rejected")
             cmd.future.set_exception(ServerFull(f"all {self.max_num_streams} stream slots are in use"))
             return
         slot = free[0]  # lowest first keeps active slots contiguous, so steps index them in place
@@ -172,8 +220,9 @@ class Engine:
         self._next_id += 1
         self.runner.open(slot)
         self._streams[stream.id], self._by_slot[slot] = stream, stream
-        self._last_step[stream.id] = -1
+        self._last_served[stream.id] = -1
         self._count()
+        self._bump("streams_opened")
         cmd.future.set_result(stream.id)
 
     def _finish(self, stream: Stream) -> None:
@@ -182,10 +231,11 @@ class Engine:
             self.runner.finish(stream.slot)
 
     def _release(self, stream: Stream) -> None:
+        if self._streams.pop(stream.id, None) is None:
+            return  # already released (e.g. its sink failed while it was being failed)
         self.runner.release(stream.slot)
-        self._streams.pop(stream.id, None)
         self._by_slot.pop(stream.slot, None)
-        self._last_step.pop(stream.id, None)
+        self._last_served.pop(stream.id, None)
         self._count()
 
     def _count(self) -> None:
@@ -194,13 +244,14 @@ class Engine:
         self.stats.active_streams, self.stats.free_slots = self.num_active, self.num_free
 
     def _step(self, ready: list[Stream]) -> None:
-        candidates = [scheduler.Candidate(s.id, self._last_step[s.id], s.finishing) for s in ready]
+        candidates = [scheduler.Candidate(s.id, self._last_served[s.id], s.finishing) for s in ready]
         batch = [self._streams[i] for i in scheduler.pick(candidates, self.max_batch_size)]
         started = time.perf_counter()
         try:
             outputs = self.runner.step([s.slot for s in batch])
         except Exception as exc:  # one bad batch must not take the engine down
             log.exception("step failed for streams %s", [s.id for s in batch])
+            self._bump("step_failures")
             for stream in batch:
                 self._emit(stream, StreamFailed(stream.id, "internal", f"decoding failed: {exc}"))
                 self._release(stream)
@@ -208,15 +259,22 @@ class Engine:
         self._record(len(batch), time.perf_counter() - started, outputs)
         for out in outputs:
             stream = self._by_slot[out.slot]
-            self._last_step[stream.id] = self.stats.steps
+            self._last_served[stream.id] = next(self._serve_order)
             self._deliver(stream, out)
 
     def _deliver(self, stream: Stream, out: StepOutput) -> None:
-        for event in stream.events(out):
+        try:
+            events = stream.events(out)
+        except Exception as exc:  # e.g. the tokenizer chokes on an id: fail this stream only
+            log.exception("events of stream %d failed", stream.id)
+            self._emit(stream, StreamFailed(stream.id, "internal", f"could not build results: {exc}"))
+            self._release(stream)
+            return
+        if out.done:
+            self._release(stream)  # first, so whoever sees the final Result finds the slot free
+        for event in events:
             if not self._emit(stream, event):
                 return
-        if out.done:
-            self._release(stream)
 
     def _emit(self, stream: Stream, event: Event) -> bool:
         try:
@@ -224,16 +282,27 @@ class Engine:
             return True
         except Exception:
             log.exception("sink of stream %d failed; dropping the stream", stream.id)
+            self._bump("sink_failures")
             self._release(stream)
             return False
 
     def _record(self, batch: int, seconds: float, outputs: list[StepOutput]) -> None:
         st = self.stats
         st.steps += 1
-        st.extra["step_seconds_total"] = st.extra.get("step_seconds_total", 0.0) + seconds
-        st.extra["batch_total"] = st.extra.get("batch_total", 0.0) + batch
+        self._bump("step_seconds_total", seconds)
+        self._bump("batch_total", batch)
+        st.extra["max_batch_size"] = max(st.extra.get("max_batch_size", 0.0), float(batch))
         st.extra["last_step_seconds"] = seconds
         st.extra["last_batch_size"] = float(batch)
+        covered = 0
+        for out in outputs:  # stream audio this step's frames newly cover, from each running total
+            stream = self._by_slot[out.slot]
+            covered += out.samples_covered - stream.samples_covered
+            stream.samples_covered = out.samples_covered
+        self._bump("audio_seconds_total", covered / self.runner.sample_rate)
+
+    def _bump(self, key: str, by: float = 1.0) -> None:
+        self.stats.extra[key] = self.stats.extra.get(key, 0.0) + by
 
 
 def transcribe(engine: Engine, samples: np.ndarray, chunk_samples: int | None = None,

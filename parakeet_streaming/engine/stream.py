@@ -25,14 +25,11 @@ class Stream:
     tokenizer: Tokenizer
     sample_rate: int
     samples: int = 0  # received so far
+    samples_covered: int = 0  # received samples the decoded frames cover (engine statistics)
     token_ids: list[int] = field(default_factory=list)
     utterance: int = 0
     utterance_start: int = 0  # index into token_ids where the current utterance starts
     finishing: bool = False
-
-    @property
-    def received_ms(self) -> int:
-        return self.samples * 1000 // self.sample_rate
 
     def audio_ms(self, samples_covered: int) -> int:
         return samples_covered * 1000 // self.sample_rate
@@ -53,10 +50,6 @@ class Stream:
         if start < len(out.token_ids) or out.done:
             events.append(self._result(out, start, len(out.token_ids), audio_ms, final=out.done))
         return events
-
-    def final_result(self) -> Result:
-        """The final Result of a stream that ends without another step (e.g. no audio at all)."""
-        return Result(self.id, self.text(), [], [], [], self.received_ms, self.utterance, is_final=True)
 
     def _result(self, out: StepOutput, a: int, b: int, audio_ms: int, final: bool = False) -> Result:
         self.token_ids.extend(out.token_ids[a:b])
