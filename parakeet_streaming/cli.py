@@ -1,0 +1,109 @@
+"""`parakeet-server serve | transcribe`."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import fields
+from typing import Sequence
+
+from parakeet_streaming.config import ServerConfig
+
+EXIT_USAGE = 2
+
+
+def _context_size(text: str) -> tuple[int, int]:
+    try:
+        left, right = (int(v) for v in text.replace("[", "").replace("]", "").split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected LEFT,RIGHT (e.g. 70,1), got {text!r}") from exc
+    return left, right
+
+
+def _add_model_flags(p: argparse.ArgumentParser, d: ServerConfig) -> None:
+    p.add_argument("--model-size", choices=["small", "large"], default=d.model_size,
+                   help="which released model to use (default: %(default)s)")
+    p.add_argument("--model", default=d.model, help="path to a .nemo file or folder, or a model name; "
+                   "overrides --model-size")
+    p.add_argument("--load-format", choices=["auto", "dummy"], default=d.load_format,
+                   help="dummy: the real architecture with random weights, no download")
+    p.add_argument("--revision", default=d.revision, help="Hugging Face revision of a named model")
+    p.add_argument("--att-context-size", type=_context_size, default=d.att_context_size, metavar="LEFT,RIGHT",
+                   help="attention context (lookahead) to stream with, one the checkpoint was trained with")
+    p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1, ... (default: %(default)s)")
+    p.add_argument("--dtype", default=d.dtype, help="float32 | bfloat16 | float16 (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = ServerConfig()
+    parser = argparse.ArgumentParser(prog="parakeet-server", description="Streaming speech recognition server")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the streaming server")
+    serve.add_argument("--host", default=d.host)
+    serve.add_argument("--port", type=int, default=d.port, help="raw TCP port (default: %(default)s)")
+    serve.add_argument("--ws-port", type=int, default=d.ws_port, help="WebSocket port (default: %(default)s)")
+    serve.add_argument("--status-port", type=int, default=d.status_port, help="status port (default: %(default)s)")
+    _add_model_flags(serve, d)
+    serve.add_argument("--sample-rate", type=int, default=d.sample_rate,
+                       help="the rate clients send unless they declare another (default: %(default)s)")
+    serve.add_argument("--max-num-streams", type=int, default=d.max_num_streams)
+    serve.add_argument("--max-stream-seconds", type=float, default=d.max_stream_seconds)
+    serve.add_argument("--idle-timeout", type=float, default=d.idle_timeout,
+                       help="seconds without a client message before the stream is closed (0: never)")
+    serve.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)
+    serve.add_argument("--log-level", default=d.log_level, choices=["debug", "info", "warning", "error"])
+
+    tr = sub.add_parser("transcribe", help="transcribe a WAV file offline and print the text")
+    tr.add_argument("audio", metavar="AUDIO.wav")
+    _add_model_flags(tr, d)
+    tr.add_argument("--json", action="store_true", help="print the full result as JSON")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    names = {f.name for f in fields(ServerConfig)}
+    return ServerConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from parakeet_streaming.server.app import run
+
+    return run(config_from_args(args))
+
+
+def _transcribe(args: argparse.Namespace) -> int:
+    from parakeet_streaming import audio
+
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        samples, rate = audio.read_wav(args.audio)
+    except (OSError, audio.AudioError) as exc:
+        print(f"parakeet-server transcribe: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    from parakeet_streaming.engine.engine import Engine, transcribe
+    from parakeet_streaming.server.app import load
+
+    config = config_from_args(args)
+    model = load(config)
+    samples = audio.resample(samples, rate, model.config.sample_rate)
+    engine = Engine(model, 1, device=config.device)
+    engine.start()
+    try:
+        result = transcribe(engine, samples)
+    finally:
+        engine.shutdown()
+    print(json.dumps(result, ensure_ascii=False) if args.json else result["text"])
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    return _transcribe(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""The server process: load the model, start the engine and the listeners, drain on a signal."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from parakeet_streaming.config import ServerConfig
+from parakeet_streaming.server.session import EngineLike, ServerContext
+from parakeet_streaming.server.status import serve_status
+from parakeet_streaming.server.tcp import serve_tcp
+from parakeet_streaming.server.ws import serve_ws
+
+log = logging.getLogger("parakeet_streaming.server")
+
+DRAIN_SECONDS = 10.0  # how long in-flight streams get to deliver their final result on shutdown
+
+
+@dataclass
+class App:
+    """The three listeners around one engine. Ports given as 0 are chosen by the OS (tests)."""
+
+    config: ServerConfig
+    engine: EngineLike
+    model_name: str = "unknown"
+    model_rate: int = 16000
+    chunk_ms: int | None = None
+    ctx: ServerContext = field(init=False)
+    ports: dict[str, int] = field(init=False, default_factory=dict)
+    _servers: dict[str, Any] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.ctx = ServerContext(self.engine, self.config, self.model_name, self.model_rate, self.chunk_ms)
+
+    async def start(self) -> None:
+        c = self.config
+        self._servers["tcp"] = await serve_tcp(self.ctx, c.host, c.port)
+        self._servers["ws"] = await serve_ws(self.ctx, c.host, c.ws_port)
+        self._servers["status"] = await serve_status(self.ctx, c.host, c.status_port)
+        self.ports = {name: server.sockets[0].getsockname()[1] for name, server in self._servers.items()}
+
+    async def stop(self, drain_seconds: float = DRAIN_SECONDS) -> None:
+        """Stop accepting, finalize every open stream, wait (bounded) for the finals, close all."""
+        self.ctx.draining = True
+        for name in ("tcp", "status"):
+            self._servers[name].close()
+        self._servers["ws"].server.close()  # the listening socket only; connections stay open
+        for session in list(self.ctx.sessions):
+            session.stop()
+        deadline = time.monotonic() + drain_seconds
+        while self.ctx.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.ctx.sessions:
+            log.warning("%d streams did not finish within %.0f s; closing them", len(self.ctx.sessions),
+                        drain_seconds)
+        self._servers["ws"].close()
+        await asyncio.wait_for(self._servers["ws"].wait_closed(), 5)
+
+    def banner(self, device: str) -> str:
+        c = self.config
+        return (f"parakeet-server: model {self.model_name} on {device} ({c.dtype}), "
+                f"{c.max_num_streams} stream slots, chunk {self.chunk_ms} ms | "
+                f"tcp {c.host}:{self.ports['tcp']}  ws {c.host}:{self.ports['ws']}  "
+                f"status {c.host}:{self.ports['status']}")
+
+
+def load(config: ServerConfig) -> Any:
+    """The model the flags name (`--model` wins over `--model-size`)."""
+    from parakeet_streaming.model.loader import load_model
+
+    return load_model(config.model or config.model_size, load_format=config.load_format, device=config.device,
+                      dtype=config.dtype, att_context_size=config.att_context_size, revision=config.revision)
+
+
+def build_engine(model: Any, config: ServerConfig) -> Any:
+    from parakeet_streaming.engine.engine import Engine
+
+    return Engine(model, config.max_num_streams, device=config.device)
+
+
+def app_for(model: Any, engine: EngineLike, config: ServerConfig) -> App:
+    return App(config, engine, model_name=model.name, model_rate=model.config.sample_rate,
+               chunk_ms=model.frame_ms * model.chunk_frames)
+
+
+async def serve(config: ServerConfig, model: Any | None = None) -> int:
+    """Run until SIGINT/SIGTERM; returns the exit code."""
+    model = model if model is not None else load(config)
+    engine = build_engine(model, config)
+    engine.start()
+    app = app_for(model, engine, config)
+    try:
+        await app.start()
+        print(app.banner(config.device), flush=True)
+        await _wait_for_signal()
+        log.info("shutting down: draining %d streams", len(app.ctx.sessions))
+        await app.stop()
+    finally:
+        await asyncio.to_thread(engine.shutdown)
+    return 0
+
+
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def run(config: ServerConfig) -> int:
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(serve(config))

@@ -1,0 +1,232 @@
+"""Sans-I/O wire protocol: parse client messages, build server messages, error codes.
+
+No sockets and no asyncio here; everything is testable with plain strings and bytes.
+See docs/protocol.md for the contract. Error semantics:
+- non-fatal: the offending message is dropped, the stream keeps running, nothing else is lost;
+- fatal: the server accepts no more input from the connection. If a stream is open it is
+  finalized (the final result still follows), then the connection is closed.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from parakeet_streaming.audio import ENCODINGS
+from parakeet_streaming.engine.events import Result, UtteranceEnd
+
+PROTOCOL_VERSION = 2  # 1 = the seed's messages; 2 = the Part B extensions
+
+# Error codes (stable, machine-readable).
+BAD_JSON = "bad_json"
+BAD_AUDIO = "bad_audio"
+UNSUPPORTED_ENCODING = "unsupported_encoding"
+SERVER_FULL = "server_full"
+MESSAGE_TOO_LARGE = "message_too_large"
+STREAM_TOO_LONG = "stream_too_long"
+UNKNOWN_TYPE = "unknown_type"
+UNAUTHORIZED = "unauthorized"
+IDLE_TIMEOUT = "idle_timeout"
+AUDIO_AFTER_FINAL = "audio_after_final"
+SHUTTING_DOWN = "shutting_down"
+INTERNAL = "internal"
+
+
+class ProtocolError(Exception):
+    """A client message we reject. `fatal` means the server stops reading the connection."""
+
+    def __init__(self, code: str, message: str, fatal: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.fatal = fatal
+
+    def __repr__(self) -> str:
+        return f"ProtocolError({self.code!r}, {self.message!r}, fatal={self.fatal})"
+
+
+# --- client -> server -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Audio:
+    """Audio for the stream: raw bytes in `encoding` (`data`), or the debug float list (`samples`).
+
+    `encoding` / `sample_rate` are None when the message did not say; the stream's defaults apply.
+    """
+
+    data: bytes | None = None
+    samples: list[float] | None = None
+    encoding: str | None = None
+    final: bool = False
+    sample_rate: int | None = None
+
+
+@dataclass(frozen=True)
+class Close:
+    pass
+
+
+@dataclass(frozen=True)
+class Ping:
+    pass
+
+
+@dataclass(frozen=True)
+class Flush:
+    pass
+
+
+ClientMessage = Audio | Close | Ping | Flush
+
+_SIMPLE: dict[str, ClientMessage] = {"close": Close(), "ping": Ping(), "flush": Flush()}
+
+
+def parse_text(text: str | bytes) -> ClientMessage:
+    """One JSON message (a WebSocket text frame or a TCP line) -> a typed message."""
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(BAD_JSON, f"message is not valid UTF-8: {exc.reason}") from exc
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ProtocolError(BAD_JSON, f"invalid JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise ProtocolError(BAD_JSON, f"a message must be a JSON object, got {type(obj).__name__}")
+    return parse_object(obj)
+
+
+def parse_object(obj: dict[str, Any]) -> ClientMessage:
+    kind = obj.get("type")
+    if kind == "audio":
+        return _parse_audio(obj)
+    if isinstance(kind, str) and kind in _SIMPLE:
+        return _SIMPLE[kind]
+    if kind is None:
+        raise ProtocolError(UNKNOWN_TYPE, "message has no 'type'")
+    known = ", ".join(["audio", *_SIMPLE])
+    raise ProtocolError(UNKNOWN_TYPE, f"unknown message type {kind!r} (known: {known})")
+
+
+def parse_binary(payload: bytes) -> Audio:
+    """A binary WebSocket frame: raw audio in the stream's encoding, never final."""
+    return Audio(data=bytes(payload))
+
+
+def _parse_audio(obj: dict[str, Any]) -> Audio:
+    final = _parse_final(obj.get("final", False))
+    encoding = _parse_encoding(obj.get("encoding"))
+    rate = _parse_rate(obj.get("sample_rate"))
+    data, samples = obj.get("data"), obj.get("samples")
+    if data is not None and samples is not None:
+        raise ProtocolError(BAD_AUDIO, "an audio message carries 'data' or 'samples', not both")
+    if samples is not None:
+        return Audio(samples=_parse_samples(samples), encoding=encoding, final=final, sample_rate=rate)
+    return Audio(data=_parse_data(data), encoding=encoding, final=final, sample_rate=rate)
+
+
+def _parse_final(value: Any) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if type(value) is int and value in (0, 1):
+        return bool(value)
+    raise ProtocolError(BAD_AUDIO, f"'final' must be true or false, got {value!r}")
+
+
+def _parse_encoding(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or value not in ENCODINGS:
+        raise ProtocolError(UNSUPPORTED_ENCODING,
+                            f"unsupported encoding {value!r} (supported: {', '.join(ENCODINGS)})")
+    return value
+
+
+def parse_sample_rate(value: Any) -> int:
+    """A declared sample rate: a positive integer (numeric strings allowed, for query params)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if type(value) is not int or not 1000 <= value <= 384_000:
+        raise ProtocolError(BAD_AUDIO, f"'sample_rate' must be an integer in 1000..384000, got {value!r}")
+    return value
+
+
+def _parse_rate(value: Any) -> int | None:
+    return None if value is None else parse_sample_rate(value)
+
+
+def _parse_data(value: Any) -> bytes:
+    if value is None:
+        return b""
+    if not isinstance(value, str):
+        raise ProtocolError(BAD_AUDIO, f"'data' must be a base64 string, got {type(value).__name__}")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ProtocolError(BAD_AUDIO, f"'data' is not valid base64: {exc}") from exc
+
+
+def _parse_samples(value: Any) -> list[float]:
+    if not isinstance(value, list):
+        raise ProtocolError(BAD_AUDIO, f"'samples' must be a list of numbers, got {type(value).__name__}")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ProtocolError(BAD_AUDIO, f"'samples' must hold finite numbers only, got {v!r}")
+    return value
+
+
+# --- server -> client -----------------------------------------------------------------------
+
+
+def hello(stream_id: int, sample_rate: int, *, model: str, encodings: tuple[str, ...] = ENCODINGS,
+          chunk_ms: int | None = None) -> dict[str, Any]:
+    msg: dict[str, Any] = {"type": "hello", "stream_id": stream_id, "sample_rate": sample_rate,
+                           "model": model, "encodings": list(encodings), "protocol": PROTOCOL_VERSION}
+    if chunk_ms is not None:
+        msg["chunk_ms"] = chunk_ms
+    return msg
+
+
+def result(ev: Result) -> dict[str, Any]:
+    msg: dict[str, Any] = {
+        "type": "result", "stream_id": ev.stream_id, "text": ev.text,
+        "token_ids": [int(t) for t in ev.token_ids],
+        "confidence_scores": [round(float(c), 4) for c in ev.confidences],
+        "is_final": ev.is_final, "audio_ms": int(ev.audio_ms), "utterance": int(ev.utterance),
+    }
+    if ev.flushed:
+        msg["flushed"] = True
+    return msg
+
+
+def eou(ev: UtteranceEnd) -> dict[str, Any]:
+    return {"type": "eou", "stream_id": ev.stream_id, "utterance": ev.utterance, "text": ev.text,
+            "audio_ms": int(ev.audio_ms), "backchannel": ev.backchannel}
+
+
+def error(code: str, message: str, fatal: bool = False) -> dict[str, Any]:
+    return {"type": "error", "code": code, "message": message, "fatal": fatal}
+
+
+def error_from(exc: ProtocolError) -> dict[str, Any]:
+    return error(exc.code, exc.message, exc.fatal)
+
+
+def pong() -> dict[str, Any]:
+    return {"type": "pong"}
+
+
+def status(connected_streams: int, **extra: Any) -> dict[str, Any]:
+    return {"type": "status", "connected_streams": connected_streams, **extra}
+
+
+def dumps(msg: dict[str, Any]) -> str:
+    """Compact JSON without a newline (TCP framing adds it)."""
+    return json.dumps(msg, separators=(",", ":"), ensure_ascii=False, allow_nan=False)

@@ -1,0 +1,32 @@
+"""Status port: on connect the server writes one JSON line and closes."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from parakeet_streaming.server import protocol as proto
+from parakeet_streaming.server.session import ServerContext
+from parakeet_streaming.server.tcp import close_writer
+
+
+def status_message(ctx: ServerContext) -> dict[str, Any]:
+    engine = ctx.engine
+    extra: dict[str, Any] = {"max_num_streams": ctx.config.max_num_streams, "model": ctx.model_name}
+    for name in ("num_active", "num_free"):
+        value = getattr(engine, name, None)
+        if isinstance(value, int):
+            extra[name] = value
+    return proto.status(ctx.connected_streams, **extra)
+
+
+async def serve_status(ctx: ServerContext, host: str, port: int) -> asyncio.Server:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.write(proto.dumps(status_message(ctx)).encode("utf-8") + b"\n")
+            await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            await close_writer(writer)
+
+    return await asyncio.start_server(handler, host, port)

@@ -1,0 +1,82 @@
+"""Raw TCP transport: newline-delimited JSON (UTF-8) in both directions."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from parakeet_streaming.server.session import OVERSIZED, ServerContext, Session, StreamOptions
+
+log = logging.getLogger("parakeet_streaming.tcp")
+
+
+class LineReader:
+    """Splits the byte stream into lines no longer than `cap` bytes.
+
+    A line over the cap yields OVERSIZED once; the framing is then lost, so everything after it is
+    discarded until EOF. Blank lines are skipped. Returns None at EOF or on a connection error.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, cap: int) -> None:
+        self._reader, self._cap = reader, cap
+        self._lost = False
+
+    async def recv(self) -> bytes | object | None:
+        if self._lost:
+            return await self._discard()
+        while True:
+            try:
+                line = await self._reader.readuntil(b"\n")
+            except asyncio.LimitOverrunError:
+                self._lost = True
+                return OVERSIZED
+            except asyncio.IncompleteReadError as exc:  # EOF; a last unterminated line still counts
+                return exc.partial if exc.partial.strip() else None
+            except (ConnectionError, OSError):
+                return None
+            if len(line) - 1 > self._cap:
+                self._lost = True
+                return OVERSIZED
+            if line.strip():
+                return line.rstrip(b"\r\n")
+
+    async def _discard(self) -> None:
+        try:
+            while await self._reader.read(1 << 16):
+                pass
+        except (ConnectionError, OSError):
+            pass
+        return None
+
+
+async def serve_tcp(ctx: ServerContext, host: str, port: int) -> asyncio.Server:
+    cap = ctx.config.max_message_bytes
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await _handle(ctx, LineReader(reader, cap), writer)
+        except Exception:  # noqa: BLE001 - one connection must never take the server down
+            log.exception("tcp connection failed")
+        finally:
+            await close_writer(writer)
+
+    # limit: readuntil gives up (LimitOverrunError) once this many bytes hold no newline.
+    return await asyncio.start_server(handler, host, port, limit=cap + 2)
+
+
+async def _handle(ctx: ServerContext, lines: LineReader, writer: asyncio.StreamWriter) -> None:
+    async def send(text: str) -> None:
+        writer.write(text.encode("utf-8") + b"\n")
+        await writer.drain()
+
+    peername = writer.get_extra_info("peername")
+    peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
+    options = StreamOptions(half_close_ok=True, bytes_are_json=True)
+    await Session(ctx, lines.recv, send, options=options, peer=peer, transport="tcp").run()
+
+
+async def close_writer(writer: asyncio.StreamWriter) -> None:
+    try:
+        writer.close()
+        await asyncio.wait_for(writer.wait_closed(), 5)
+    except (Exception, asyncio.TimeoutError):  # noqa: BLE001 - already closed or reset
+        pass

@@ -1,0 +1,224 @@
+"""server/session.py over in-memory pipes with a fake engine (the real engine is in test_server_*)."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import numpy as np
+import pytest
+from fake_engine import FakeEngine
+
+from parakeet_streaming.config import ServerConfig
+from parakeet_streaming.server.session import OVERSIZED, ServerContext, Session, StreamOptions
+
+
+class Pipe:
+    """The client end of a session: put messages in, read the server's messages out."""
+
+    def __init__(self) -> None:
+        self.inbox: asyncio.Queue = asyncio.Queue()
+        self.outbox: asyncio.Queue = asyncio.Queue()
+
+    async def recv(self):
+        return await self.inbox.get()
+
+    async def send(self, text: str) -> None:
+        await self.outbox.put(json.loads(text))
+
+    def put(self, msg) -> None:
+        self.inbox.put_nowait(json.dumps(msg) if isinstance(msg, dict) else msg)
+
+    async def get(self, timeout: float = 5.0) -> dict:
+        return await asyncio.wait_for(self.outbox.get(), timeout)
+
+    def drain(self) -> list[dict]:
+        out = []
+        while not self.outbox.empty():
+            out.append(self.outbox.get_nowait())
+        return out
+
+
+@pytest.fixture
+def engine():
+    e = FakeEngine(max_num_streams=2)
+    e.start()
+    yield e
+    e.shutdown()
+
+
+def make(engine, **overrides) -> tuple[Session, Pipe, ServerContext]:
+    config = ServerConfig(**{"idle_timeout": 5.0, **overrides})
+    ctx = ServerContext(engine, config, model_name="fake", model_rate=16000, chunk_ms=160)
+    pipe = Pipe()
+    return Session(ctx, pipe.recv, pipe.send), pipe, ctx
+
+
+def pcm(n: int, value: int = 1000) -> str:
+    return base64.b64encode(np.full(n, value, dtype="<i2").tobytes()).decode()
+
+
+async def run_to_end(session: Session, pipe: Pipe) -> list[dict]:
+    await asyncio.wait_for(session.run(), 10)
+    return pipe.drain()
+
+
+async def test_hello_results_final_last(engine):
+    session, pipe, ctx = make(engine)
+    pipe.put({"type": "audio", "data": pcm(1600)})
+    pipe.put({"type": "audio", "data": pcm(1600), "final": True})
+    msgs = await run_to_end(session, pipe)
+    assert msgs[0] == {"type": "hello", "stream_id": 0, "sample_rate": 16000, "model": "fake",
+                       "encodings": ["pcm16", "f32", "mulaw"], "protocol": 2, "chunk_ms": 160}
+    assert [m["is_final"] for m in msgs[1:]] == [False, False, True]
+    assert msgs[-1]["text"] == "3200"
+    assert not ctx.sessions and engine.num_active == 0
+
+
+async def test_close_message_finalizes(engine):
+    session, pipe, _ = make(engine)
+    pipe.put({"type": "audio", "samples": [0.1] * 100})
+    pipe.put({"type": "close"})
+    msgs = await run_to_end(session, pipe)
+    assert msgs[-1]["is_final"] and msgs[-1]["text"] == "100"
+
+
+async def test_non_fatal_errors_lose_nothing(engine):
+    session, pipe, _ = make(engine)
+    pipe.put({"type": "audio", "data": pcm(100)})
+    for bad in ["{", "[]", '{"type":"x"}', '{"type":"audio","data":"%%%"}', '{"type":"audio","encoding":"opus"}',
+                '{"type":"audio","data":"AAE="}',  # valid: 2 bytes, one sample
+                '{"type":"audio","data":"AAEC"}',  # 3 bytes: odd pcm16
+                '{"type":"audio","encoding":"f32","data":"AAEC"}',
+                json.dumps({"type": "audio", "encoding": "f32",
+                            "data": base64.b64encode(np.array([np.nan], "<f4").tobytes()).decode()}),
+                '{"type":"audio","samples":["a"]}']:
+        pipe.put(bad)
+    pipe.put({"type": "ping"})
+    pipe.put({"type": "audio", "data": pcm(100), "final": True})
+    msgs = await run_to_end(session, pipe)
+    errors = [m for m in msgs if m["type"] == "error"]
+    assert [e["code"] for e in errors] == ["bad_json", "bad_json", "unknown_type", "bad_audio",
+                                          "unsupported_encoding", "bad_audio", "bad_audio", "bad_audio",
+                                          "bad_audio"]
+    assert not any(e["fatal"] for e in errors)
+    assert {"type": "pong"} in msgs
+    assert msgs[-1]["is_final"] and msgs[-1]["text"] == "201"  # 100 + 1 ("AAE=") + 100
+
+
+async def test_server_full(engine):
+    sessions = [make(engine) for _ in range(3)]
+    tasks = [asyncio.create_task(s.run()) for s, _, _ in sessions[:2]]
+    await sessions[0][1].get()
+    await sessions[1][1].get()
+    third, pipe, _ = sessions[2]
+    msgs = await run_to_end(third, pipe)
+    assert msgs == [{"type": "error", "code": "server_full", "message": msgs[0]["message"], "fatal": True}]
+    for _, p, _ in sessions[:2]:
+        p.put({"type": "close"})
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)
+
+
+async def test_audio_after_final(engine):
+    session, pipe, _ = make(engine)
+    task = asyncio.create_task(session.run())
+    await pipe.get()
+    pipe.put({"type": "audio", "data": pcm(10), "final": True})
+    pipe.put({"type": "audio", "data": pcm(10)})
+    await asyncio.wait_for(task, 5)
+    msgs = pipe.drain()
+    assert msgs[-1]["is_final"] and msgs[-1]["text"] == "10"
+
+
+async def test_audio_after_final_is_reported_while_final_pending(engine):
+    session, pipe, _ = make(engine)
+    session._finalized = True  # as if the final audio was sent and the engine is still decoding
+    session._handle_raw(json.dumps({"type": "audio", "data": pcm(10)}))
+    assert session._out.get_nowait()["code"] == "audio_after_final"
+
+
+async def test_stream_too_long_keeps_transcript(engine):
+    session, pipe, _ = make(engine, max_stream_seconds=0.25)
+    pipe.put({"type": "audio", "data": pcm(3200)})
+    pipe.put({"type": "audio", "data": pcm(3200)})  # crosses 4000 samples
+    pipe.put({"type": "audio", "data": pcm(3200)})  # ignored after the fatal error
+    msgs = await run_to_end(session, pipe)
+    err = [m for m in msgs if m["type"] == "error"]
+    assert [e["code"] for e in err] == ["stream_too_long"] and err[0]["fatal"]
+    assert msgs[-1]["is_final"] and msgs[-1]["text"] == "4000"
+
+
+async def test_idle_timeout_finalizes(engine):
+    session, pipe, _ = make(engine, idle_timeout=0.2)
+    pipe.put({"type": "audio", "data": pcm(50)})
+    msgs = await run_to_end(session, pipe)
+    assert msgs[-2]["code"] == "idle_timeout" and msgs[-2]["fatal"]
+    assert msgs[-1]["is_final"] and msgs[-1]["text"] == "50"
+
+
+async def test_disconnect_aborts(engine):
+    session, pipe, ctx = make(engine)
+    pipe.put({"type": "audio", "data": pcm(50)})
+    pipe.put(None)
+    await run_to_end(session, pipe)
+    await asyncio.sleep(0.1)
+    assert engine.aborted == [0] and engine.num_active == 0 and not ctx.sessions
+
+
+async def test_send_failure_aborts(engine):
+    session, pipe, _ = make(engine)
+
+    async def broken_send(text: str) -> None:
+        raise ConnectionResetError
+
+    session._send_text = broken_send
+    await asyncio.wait_for(session.run(), 5)
+    await asyncio.sleep(0.1)
+    assert engine.aborted == [0]
+
+
+async def test_oversized_is_fatal_but_finalizes(engine):
+    session, pipe, _ = make(engine, max_message_bytes=1000)
+    pipe.put({"type": "audio", "data": pcm(100)})
+    pipe.put({"type": "audio", "data": pcm(1000)})  # > 1000 bytes of JSON
+    pipe.put(OVERSIZED)
+    msgs = await run_to_end(session, pipe)
+    err = [m for m in msgs if m["type"] == "error"]
+    assert [e["code"] for e in err] == ["message_too_large"] and err[0]["fatal"]
+    assert msgs[-1]["text"] == "100"
+
+
+async def test_binary_frames_and_stream_defaults(engine):
+    session, pipe, _ = make(engine)
+    session.options = StreamOptions(encoding="mulaw")
+    pipe.put(bytes(80))  # 80 mu-law samples
+    pipe.put({"type": "close"})
+    msgs = await run_to_end(session, pipe)
+    assert msgs[-1]["text"] == "80"
+
+
+async def test_declared_rate_is_resampled(engine):
+    session, pipe, _ = make(engine)
+    pipe.put({"type": "audio", "data": pcm(8000), "sample_rate": 8000, "final": True})
+    msgs = await run_to_end(session, pipe)
+    assert abs(int(msgs[-1]["text"]) - 16000) <= 2
+
+
+async def test_flush_not_supported_is_non_fatal(engine):
+    session, pipe, _ = make(engine)
+    pipe.put({"type": "flush"})
+    pipe.put({"type": "close"})
+    msgs = await run_to_end(session, pipe)
+    assert msgs[1]["type"] == "error" and not msgs[1]["fatal"] and msgs[-1]["is_final"]
+
+
+async def test_stop_for_shutdown(engine):
+    session, pipe, _ = make(engine)
+    task = asyncio.create_task(session.run())
+    await pipe.get()
+    pipe.put({"type": "audio", "data": pcm(30)})
+    await pipe.get()
+    session.stop()
+    await asyncio.wait_for(task, 5)
+    msgs = pipe.drain()
+    assert msgs[0]["code"] == "shutting_down" and msgs[-1]["is_final"] and msgs[-1]["text"] == "30"
