@@ -1,0 +1,345 @@
+"""The Python client package and `parakeet-client` against the real server in-process (real engine,
+tiny model, real sockets); the CLI runs as a subprocess. The reference transcript is what
+`parakeet-server transcribe` prints for the same file."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pty
+import subprocess
+import sys
+import threading
+import time
+import types
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+from server_helpers import engine_factory, running_server, settle  # noqa: F401 - fixture
+from test_loader import write_nemo
+
+from parakeet_streaming.client import (Eou, Error, Hello, ProtocolViolation, Result, ServerError, StreamingClient,
+                                       SyncStreamingClient, parse_message, transcribe_file, transcribe_file_sync)
+
+pytest.importorskip("parakeet_streaming.engine.engine")
+
+CLIENT = [sys.executable, "-m", "parakeet_streaming.client.cli"]
+SERVER_CLI = [sys.executable, "-m", "parakeet_streaming.cli"]
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_model, speech_wav: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    nemo = write_nemo(tiny_model, tmp_path_factory.mktemp("client_model") / "tiny.nemo")
+    out = subprocess.run(SERVER_CLI + ["transcribe", str(speech_wav), "--model", str(nemo)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout.strip()
+    assert text
+    return text
+
+
+def url(app) -> str:
+    return f"ws://127.0.0.1:{app.ports['ws']}/"
+
+
+# --- message parsing -------------------------------------------------------------------------
+
+
+def test_parse_ignores_unknown_fields_and_types():
+    hello = parse_message('{"type":"hello","stream_id":3,"sample_rate":16000,"protocol":2,"future":1}')
+    assert hello == Hello(3, 16000, protocol=2) and hello.raw["future"] == 1
+    res = parse_message({"type": "result", "stream_id": 3, "text": "hi", "token_ids": [5], "confidence_scores": [0.5],
+                         "is_final": False, "new_field": [1]})
+    assert isinstance(res, Result) and res.token_ids == (5,) and res.audio_ms is None
+    assert parse_message('{"type":"something_new","x":1}') is None
+    seed_error = parse_message('{"type":"error","message":"no free stream"}')  # protocol 1: no code
+    assert seed_error == Error("error", "no free stream", False)
+
+
+@pytest.mark.parametrize("raw", ['not json', '[1]', '{"type":"result","text":"x"}', '{"type":"hello"}'])
+def test_parse_rejects_malformed(raw):
+    with pytest.raises(ProtocolViolation):
+        parse_message(raw)
+
+
+# --- async API -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("binary", [True, False])
+async def test_transcribe_file_matches_offline(engine_factory, tiny_model, speech_wav, expected, binary):
+    engine, model = engine_factory(2)
+    async with running_server(engine, model) as app:
+        seen: list = []
+        if binary:
+            transcript = await transcribe_file(url(app), speech_wav, speed=0, on_message=seen.append)
+        else:
+            samples, rate = _read(speech_wav)
+            async with StreamingClient(url(app), sample_rate=rate, binary=False) as client:
+                transcript = await client.transcribe(samples, speed=0, on_message=seen.append)
+        assert transcript.text == expected
+        assert transcript.final.is_final and seen[-1] is transcript.final
+        assert [m for m in seen if isinstance(m, Eou)] == transcript.utterances
+        partials = [m for m in seen if isinstance(m, Result) and not m.is_final]
+        assert partials and all(expected.startswith(p.text) for p in partials)
+        await settle(app)
+
+
+async def test_realtime_pacing_and_progress(engine_factory, tiny_model, speech_wav, expected):
+    engine, model = engine_factory(1)
+    duration = _duration(speech_wav)
+    progress: list[tuple[float, float]] = []
+    async with running_server(engine, model) as app:
+        started = time.monotonic()
+        transcript = await transcribe_file(url(app), speech_wav, speed=2, chunk_ms=200,
+                                           on_progress=lambda s, t: progress.append((s, t)))
+        elapsed = time.monotonic() - started
+    assert transcript.text == expected
+    assert elapsed >= 0.9 * duration / 2, elapsed
+    assert progress[-1][0] == pytest.approx(duration) and progress[-1][1] == pytest.approx(duration)
+    assert [s for s, _ in progress] == sorted(s for s, _ in progress)
+
+
+async def test_numpy_array_and_manual_results(engine_factory, tiny_model, speech, expected):
+    engine, model = engine_factory(1)
+    async with running_server(engine, model) as app:
+        async with StreamingClient(url(app)) as client:  # the server's rate: no resampling
+            assert client.hello.sample_rate == 16000 and client.hello.protocol == 2
+            for i in range(0, len(speech), 1234):
+                await client.send(speech[i:i + 1234])
+            await client.finish()
+            msgs = [m async for m in client.results()]
+        assert msgs[-1].is_final and msgs[-1].text == expected
+
+
+async def test_resampled_file(engine_factory, tiny_model, speech, tmp_path):
+    """A 44.1 kHz file is resampled by the client to the rate hello announces."""
+    import soxr
+
+    path = tmp_path / "speech44.wav"
+    _write_wav(path, soxr.resample(speech, 16000, 44100), 44100)
+    engine, model = engine_factory(1)
+    async with running_server(engine, model) as app:
+        transcript = await transcribe_file(url(app), path, speed=0)
+        assert transcript.final.audio_ms == pytest.approx(len(speech) / 16, abs=20)
+        assert transcript.text
+
+
+async def test_non_fatal_error_is_yielded_and_stream_goes_on(engine_factory, tiny_model, speech, expected):
+    engine, model = engine_factory(1)
+    async with running_server(engine, model) as app:
+        async with StreamingClient(url(app)) as client:
+            await client.send(speech[:8000])
+            await client.send_message({"type": "bogus"})
+            await client.send(speech[8000:])
+            await client.finish()
+            msgs = [m async for m in client.results()]
+    errors = [m for m in msgs if isinstance(m, Error)]
+    assert [(e.code, e.fatal) for e in errors] == [("unknown_type", False)]
+    assert msgs[-1].text == expected
+
+
+async def test_server_full_raises_with_code(engine_factory, tiny_model, speech_wav):
+    engine, model = engine_factory(1)
+    async with running_server(engine, model) as app:
+        async with StreamingClient(url(app)):
+            with pytest.raises(ServerError) as info:
+                await transcribe_file(url(app), speech_wav, speed=0)
+        assert info.value.code == "server_full" and info.value.fatal and info.value.final is None
+
+
+async def test_fatal_error_after_audio_raises_with_final(engine_factory, tiny_model, speech_wav):
+    engine, model = engine_factory(1)
+    async with running_server(engine, model, max_stream_seconds=1.0) as app:
+        with pytest.raises(ServerError) as info:
+            await transcribe_file(url(app), speech_wav, speed=0)
+        assert info.value.code == "stream_too_long"
+        assert info.value.final is not None and info.value.final.audio_ms == 1000
+        await settle(app)
+
+
+async def test_local_errors(engine_factory, tiny_model):
+    engine, model = engine_factory(1)
+    async with running_server(engine, model) as app:
+        async with StreamingClient(url(app)) as client:
+            with pytest.raises(ValueError, match="NaN"):
+                await client.send(np.array([0.0, np.nan], dtype=np.float32))
+            with pytest.raises(ValueError, match="mono"):
+                await client.send(np.zeros((10, 2), dtype=np.float32))
+            await client.finish()
+            with pytest.raises(RuntimeError, match="finished"):
+                await client.send(np.zeros(10, dtype=np.float32))
+            assert [m async for m in client.results()][-1].is_final
+
+
+# --- sync API --------------------------------------------------------------------------------
+
+
+async def test_sync_client(engine_factory, tiny_model, speech, speech_wav, expected):
+    engine, model = engine_factory(2)
+    async with running_server(engine, model) as app:
+        def blocking() -> tuple[list, str]:
+            with SyncStreamingClient(url(app)) as client:
+                sender = threading.Thread(target=client.stream, args=(speech,), kwargs={"speed": 0})
+                sender.start()
+                msgs = list(client.results())
+                sender.join()
+            return msgs, transcribe_file_sync(url(app), speech_wav, speed=0).text
+
+        msgs, text = await asyncio.to_thread(blocking)
+    assert msgs[-1].is_final and msgs[-1].text == expected and text == expected
+
+
+# --- microphone ------------------------------------------------------------------------------
+
+
+def test_microphone_without_sounddevice(monkeypatch):
+    from parakeet_streaming.client.mic import Microphone
+
+    monkeypatch.setitem(sys.modules, "sounddevice", None)  # import fails as if not installed
+    with pytest.raises(ImportError, match=r"parakeet-streaming\[mic\]"):
+        Microphone()
+
+
+async def test_microphone_blocks_stream_to_server(monkeypatch, engine_factory, tiny_model, speech, expected):
+    """Microphone's PortAudio-thread -> event-loop bridge, with sounddevice replaced by a device that
+    plays `speech` from its own thread (no sound card here)."""
+    from parakeet_streaming.client.mic import Microphone
+
+    monkeypatch.setitem(sys.modules, "sounddevice", _fake_sounddevice(speech))
+    mic = Microphone(block_ms=100)
+    assert mic.sample_rate == 16000
+    stop = asyncio.Event()
+    engine, model = engine_factory(1)
+    async with running_server(engine, model) as app:
+        async with StreamingClient(url(app), sample_rate=mic.sample_rate) as client:
+            sender = asyncio.create_task(client.stream_from(mic.blocks(stop)))
+            asyncio.get_running_loop().call_later(0.5, stop.set)  # the device runs dry long before
+            msgs = [m async for m in client.results()]
+            await sender
+    assert msgs[-1].text == expected
+
+
+def _fake_sounddevice(speech: np.ndarray) -> types.ModuleType:
+    class InputStream:
+        def __init__(self, samplerate, channels, dtype, device, blocksize, callback):
+            assert (samplerate, channels, dtype) == (16000, 1, "float32")
+            self.blocksize, self.callback = blocksize, callback
+            self.thread = threading.Thread(target=self._run)
+
+        def _run(self):
+            for i in range(0, len(speech), self.blocksize):
+                block = speech[i:i + self.blocksize]
+                self.callback(block.reshape(-1, 1).copy(), len(block), None, None)
+
+        def __enter__(self):
+            self.thread.start()
+            return self
+
+        def __exit__(self, *exc):
+            self.thread.join()
+
+    sd = types.ModuleType("sounddevice")
+    sd.InputStream = InputStream
+    sd.query_devices = lambda device, kind: {"default_samplerate": 16000.0}
+    return sd
+
+
+# --- CLI -------------------------------------------------------------------------------------
+
+
+async def _run_cli(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(*CLIENT, *args, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_cli_prints_utterances_and_final(engine_factory, tiny_model, speech_wav, expected):
+    engine, model = engine_factory(1)
+    async with running_server(engine, model) as app:
+        code, out, err = await _run_cli("stream", str(speech_wav), "--url", url(app), "--speed", "0")
+        assert code == 0, err
+        transcript = await transcribe_file(url(app), speech_wav, speed=0)
+    lines = out.splitlines()
+    assert lines[-1] == f"final: {expected}"
+    assert lines[:-1] == [f"utterance {u.utterance}{' (backchannel)' if u.backchannel else ''}: {u.text}"
+                          for u in transcript.utterances]
+    assert "\r" not in out  # piped: no live line
+
+
+async def test_cli_json(engine_factory, tiny_model, speech_wav, expected):
+    engine, model = engine_factory(1)
+    async with running_server(engine, model) as app:
+        code, out, err = await _run_cli("stream", str(speech_wav), "--url", url(app), "--speed", "0", "--json")
+    assert code == 0, err
+    msgs = [json.loads(line) for line in out.splitlines()]
+    assert msgs[0]["type"] == "hello" and msgs[-1]["type"] == "result" and msgs[-1]["is_final"]
+    assert msgs[-1]["text"] == expected
+    assert [m["token_ids"] for m in msgs if m["type"] == "result"] != []
+
+
+async def test_cli_live_line_on_a_terminal(engine_factory, tiny_model, speech_wav, expected):
+    engine, model = engine_factory(1)
+    master, slave = pty.openpty()
+    async with running_server(engine, model) as app:
+        proc = await asyncio.create_subprocess_exec(*CLIENT, "stream", str(speech_wav), "--url", url(app),
+                                                    "--speed", "4", stdout=slave, stderr=subprocess.PIPE)
+        os.close(slave)
+        chunks: list[bytes] = []
+        reader = asyncio.create_task(asyncio.to_thread(_drain, master, chunks))
+        code = await asyncio.wait_for(proc.wait(), 120)
+        await reader
+    screen = b"".join(chunks).decode()
+    assert code == 0, await proc.stderr.read()
+    assert "\r\x1b[K[" in screen and "100%" in screen  # the progress bar, rewritten in place
+    partial_words = expected.split()[0]
+    assert any(partial_words in part for part in screen.split("\r\x1b[K")[:-1])
+    assert screen.replace("\r\n", "\n").rstrip("\n").endswith(f"final: {expected}")
+
+
+def _drain(fd: int, chunks: list[bytes]) -> None:
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:  # EIO once the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(fd)
+
+
+async def test_cli_errors(engine_factory, tiny_model, speech_wav, tmp_path):
+    engine, model = engine_factory(1)
+    async with running_server(engine, model) as app:
+        async with StreamingClient(url(app)):
+            code, _, err = await _run_cli("stream", str(speech_wav), "--url", url(app))
+        assert code == 1 and "server_full" in err
+    code, _, err = await _run_cli("stream", str(tmp_path / "missing.wav"), "--url", url(app))
+    assert code == 2 and "missing.wav" in err
+    code, _, err = await _run_cli("stream", str(speech_wav), "--url", url(app))  # server gone
+    assert code == 1 and "parakeet-client:" in err
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _read(path: Path) -> tuple[np.ndarray, int]:
+    from parakeet_streaming.client.audio import load_audio
+
+    return load_audio(path)
+
+
+def _duration(path: Path) -> float:
+    with wave.open(str(path)) as w:
+        return w.getnframes() / w.getframerate()
+
+
+def _write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(np.clip(np.round(samples * 32768), -32768, 32767).astype("<i2").tobytes())
