@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=d.port, help="raw TCP port (default: %(default)s)")
     serve.add_argument("--ws-port", type=int, default=d.ws_port, help="WebSocket port (default: %(default)s)")
     serve.add_argument("--status-port", type=int, default=d.status_port, help="status port (default: %(default)s)")
+    serve.add_argument("--http-port", type=int, default=d.http_port,
+                       help="HTTP port: /healthz, /readyz, /metrics (default: %(default)s)")
     _add_model_flags(serve, d)
     serve.add_argument("--sample-rate", type=int, default=d.sample_rate,
                        help="the rate clients send unless they declare another (default: %(default)s)")
@@ -54,6 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds without a client message before the stream is closed (0: never)")
     serve.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)
     serve.add_argument("--log-level", default=d.log_level, choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--api-key", dest="api_keys", action="append", default=[], metavar="KEY",
+                       help="require this API key from clients (repeatable); see docs/operations.md")
+    serve.add_argument("--api-key-file", default=d.api_key_file, metavar="PATH",
+                       help="file with one API key per line (blank lines and # comments ignored)")
+    serve.add_argument("--ssl-certfile", default=d.ssl_certfile, metavar="PEM",
+                       help="TLS certificate (chain): every port speaks TLS (wss://, https://)")
+    serve.add_argument("--ssl-keyfile", default=d.ssl_keyfile, metavar="PEM",
+                       help="private key of --ssl-certfile (if not inside it)")
+    serve.add_argument("--drain-seconds", type=float, default=d.drain_seconds,
+                       help="after SIGTERM, how long open streams may go on before they are finalized "
+                       "(default: %(default)s)")
 
     tr = sub.add_parser("transcribe", help="transcribe a WAV file offline and print the text")
     tr.add_argument("audio", metavar="AUDIO.wav")

@@ -18,7 +18,7 @@ class ServerConfig:
     port: int = 8765  # raw TCP, newline-delimited JSON
     ws_port: int = 8000
     status_port: int = 8050
-    http_port: int | None = None  # health/metrics/demo; off unless given
+    http_port: int = 8080  # HTTP: /healthz, /readyz, /metrics (and later HTTP features)
     device: str = "cpu"
     dtype: str = "float32"
     model_size: str = "small"
@@ -32,6 +32,11 @@ class ServerConfig:
     idle_timeout: float = 30.0  # seconds without any client message before the stream is closed
     max_message_bytes: int = 8 * 1024 * 1024
     log_level: str = "info"
+    api_keys: list[str] = field(default_factory=list)  # empty (and no api_key_file): no authentication
+    api_key_file: str | None = None  # one key per line
+    ssl_certfile: str | None = None  # TLS on every listener when set (with ssl_keyfile)
+    ssl_keyfile: str | None = None
+    drain_seconds: float = 10.0  # after SIGTERM, how long open streams may go on before being finalized
     extra: dict[str, Any] = field(default_factory=dict)
 
 

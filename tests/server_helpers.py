@@ -45,7 +45,7 @@ def engine_factory(request: pytest.FixtureRequest):
 
 @asynccontextmanager
 async def running_server(engine: Any, model: Any = None, **overrides: Any) -> AsyncIterator[App]:
-    config = ServerConfig(host="127.0.0.1", port=0, ws_port=0, status_port=0,
+    config = ServerConfig(host="127.0.0.1", port=0, ws_port=0, status_port=0, http_port=0,
                           max_num_streams=getattr(engine, "max_num_streams", 4), **overrides)
     if model is not None:
         app = App(config, engine, model_name=model.name, model_rate=model.config.sample_rate,

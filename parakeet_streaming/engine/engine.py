@@ -69,6 +69,7 @@ class Engine:
         self.max_num_streams = max_num_streams
         self.max_batch_size = max_batch_size or max_num_streams
         self.ready = threading.Event()  # set once the model is warmed up and the loop runs
+        self.warm_up_failed = False  # the loop still serves, but the server does not report ready
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._streams: dict[int, Stream] = {}
         self._by_slot: dict[int, Stream] = {}
@@ -115,7 +116,8 @@ class Engine:
     def stats_snapshot(self) -> EngineStats:
         """A copy of the counters, safe to read from any thread (values may be one step stale)."""
         st = self.stats
-        return EngineStats(st.active_streams, st.free_slots, st.steps, dict(st.extra))
+        return EngineStats(st.active_streams, st.free_slots, st.steps, dict(st.extra),
+                           st.step_seconds.copy(), st.batch_size.copy())
 
     # ---- the loop -------------------------------------------------------------------------
     def _run(self) -> None:
@@ -123,6 +125,7 @@ class Engine:
             self._warm_up()
         except Exception:  # streams will fail one by one with a clear error; the loop still serves
             log.exception("engine warm-up failed")
+            self.warm_up_failed = True
         self.ready.set()
         while self._iterate():
             pass
@@ -289,6 +292,8 @@ class Engine:
     def _record(self, batch: int, seconds: float, outputs: list[StepOutput]) -> None:
         st = self.stats
         st.steps += 1
+        st.step_seconds.observe(seconds)
+        st.batch_size.observe(batch)
         self._bump("step_seconds_total", seconds)
         self._bump("batch_total", batch)
         st.extra["max_batch_size"] = max(st.extra.get("max_batch_size", 0.0), float(batch))

@@ -1,6 +1,7 @@
 """What the engine tells a stream's sink. Plain data: the server turns these into protocol messages."""
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, field
 
 
@@ -46,9 +47,36 @@ class ServerFull(Exception):
     """Every stream slot is taken."""
 
 
+STEP_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+@dataclass
+class Buckets:
+    """A histogram the engine thread alone writes: counts[i] = observations <= bounds[i] and above
+    the bound before; the last count is above every bound. Readers copy it (see `copy`)."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def copy(self) -> "Buckets":
+        return Buckets(self.bounds, list(self.counts), self.total)
+
+
 @dataclass
 class EngineStats:
     active_streams: int = 0
     free_slots: int = 0
     steps: int = 0
     extra: dict[str, float] = field(default_factory=dict)
+    step_seconds: Buckets = field(default_factory=lambda: Buckets(STEP_SECONDS_BUCKETS))
+    batch_size: Buckets = field(default_factory=lambda: Buckets(BATCH_SIZE_BUCKETS))

@@ -4,11 +4,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from parakeet_streaming.config import ServerConfig
+from parakeet_streaming.server.http import HttpServer, serve_http
+from parakeet_streaming.server.security import Authenticator, StartupError, ssl_context
 from parakeet_streaming.server.session import EngineLike, ServerContext
 from parakeet_streaming.server.status import serve_status
 from parakeet_streaming.server.tcp import serve_tcp
@@ -16,12 +19,13 @@ from parakeet_streaming.server.ws import serve_ws
 
 log = logging.getLogger("parakeet_streaming.server")
 
-DRAIN_SECONDS = 10.0  # how long in-flight streams get to deliver their final result on shutdown
+DRAIN_SECONDS = 10.0  # how long finalized streams get to deliver their final result on shutdown
 
 
 @dataclass
 class App:
-    """The three listeners around one engine. Ports given as 0 are chosen by the OS (tests)."""
+    """The listeners (TCP, WebSocket, status, HTTP) around one engine. Ports given as 0 are chosen
+    by the OS (tests)."""
 
     config: ServerConfig
     engine: EngineLike
@@ -31,40 +35,65 @@ class App:
     ctx: ServerContext = field(init=False)
     ports: dict[str, int] = field(init=False, default_factory=dict)
     _servers: dict[str, Any] = field(init=False, default_factory=dict)
+    _http: HttpServer | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self.ctx = ServerContext(self.engine, self.config, self.model_name, self.model_rate, self.chunk_ms)
+        self.ctx = ServerContext(self.engine, self.config, self.model_name, self.model_rate, self.chunk_ms,
+                                 auth=Authenticator.from_config(self.config))
+        self.ctx.metrics.watch(self.ctx)
+        self._ssl = ssl_context(self.config)
 
     async def start(self) -> None:
-        c = self.config
-        self._servers["tcp"] = await serve_tcp(self.ctx, c.host, c.port)
-        self._servers["ws"] = await serve_ws(self.ctx, c.host, c.ws_port)
-        self._servers["status"] = await serve_status(self.ctx, c.host, c.status_port)
+        c, tls = self.config, self._ssl
+        self._servers["tcp"] = await serve_tcp(self.ctx, c.host, c.port, tls)
+        self._servers["ws"] = await serve_ws(self.ctx, c.host, c.ws_port, tls)
+        self._servers["status"] = await serve_status(self.ctx, c.host, c.status_port, tls)
         self.ports = {name: server.sockets[0].getsockname()[1] for name, server in self._servers.items()}
+        self._http = await serve_http(self.ctx, c.host, c.http_port, tls)
+        self.ports["http"] = self._http.port
 
-    async def stop(self, drain_seconds: float = DRAIN_SECONDS) -> None:
-        """Stop accepting, finalize every open stream, wait (bounded) for the finals, close all."""
+    def stop_accepting(self) -> None:
+        """Refuse new streams (readiness turns 503); open streams carry on, the HTTP port stays up."""
         self.ctx.draining = True
         for name in ("tcp", "status"):
             self._servers[name].close()
         self._servers["ws"].server.close()  # the listening socket only; connections stay open
+
+    async def drain(self, seconds: float) -> None:
+        """Graceful shutdown: stop accepting, let open streams end on their own for up to `seconds`,
+        then stop() the rest (they are finalized and still get their final result)."""
+        self.stop_accepting()
+        if self.ctx.sessions:
+            log.info("draining: %d open streams get up to %g s to finish", len(self.ctx.sessions), seconds)
+        await self._wait_for_sessions(seconds)
+        await self.stop()
+
+    async def stop(self, drain_seconds: float = DRAIN_SECONDS) -> None:
+        """Stop accepting, finalize every open stream, wait (bounded) for the finals, close all."""
+        self.stop_accepting()
         for session in list(self.ctx.sessions):
             session.stop()
-        deadline = time.monotonic() + drain_seconds
-        while self.ctx.sessions and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await self._wait_for_sessions(drain_seconds)
         if self.ctx.sessions:
             log.warning("%d streams did not finish within %.0f s; closing them", len(self.ctx.sessions),
                         drain_seconds)
         self._servers["ws"].close()
         await asyncio.wait_for(self._servers["ws"].wait_closed(), 5)
+        if self._http is not None:
+            await self._http.close()
+
+    async def _wait_for_sessions(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while self.ctx.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
     def banner(self, device: str) -> str:
         c = self.config
         return (f"parakeet-server: model {self.model_name} on {device} ({c.dtype}), "
                 f"{c.max_num_streams} stream slots, chunk {self.chunk_ms} ms | "
                 f"tcp {c.host}:{self.ports['tcp']}  ws {c.host}:{self.ports['ws']}  "
-                f"status {c.host}:{self.ports['status']}")
+                f"status {c.host}:{self.ports['status']}  http {c.host}:{self.ports['http']}"
+                f"{'  (TLS)' if self._ssl else ''}{'  (API keys)' if self.ctx.auth.required else ''}")
 
 
 def load(config: ServerConfig) -> Any:
@@ -87,7 +116,8 @@ def app_for(model: Any, engine: EngineLike, config: ServerConfig) -> App:
 
 
 async def serve(config: ServerConfig, model: Any | None = None) -> int:
-    """Run until SIGINT/SIGTERM; returns the exit code."""
+    """Run until SIGINT/SIGTERM, then drain; returns the exit code."""
+    Authenticator.from_config(config), ssl_context(config)  # bad flags fail before the model loads
     model = model if model is not None else load(config)
     engine = build_engine(model, config)
     engine.start()
@@ -97,7 +127,7 @@ async def serve(config: ServerConfig, model: Any | None = None) -> int:
         print(app.banner(config.device), flush=True)
         await _wait_for_signal()
         log.info("shutting down: draining %d streams", len(app.ctx.sessions))
-        await app.stop()
+        await app.drain(config.drain_seconds)
     finally:
         await asyncio.to_thread(engine.shutdown)
     return 0
@@ -117,4 +147,8 @@ async def _wait_for_signal() -> None:
 
 def run(config: ServerConfig) -> int:
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return asyncio.run(serve(config))
+    try:
+        return asyncio.run(serve(config))
+    except StartupError as exc:
+        print(f"parakeet-server: {exc}", file=sys.stderr)
+        return 2

@@ -20,6 +20,8 @@ from parakeet_streaming import audio
 from parakeet_streaming.config import ServerConfig
 from parakeet_streaming.engine.events import Event, Result, ServerFull, StreamFailed, UtteranceEnd
 from parakeet_streaming.server import protocol as proto
+from parakeet_streaming.server.metrics import ServerMetrics
+from parakeet_streaming.server.security import Authenticator
 
 log = logging.getLogger("parakeet_streaming.session")
 
@@ -53,6 +55,8 @@ class ServerContext:
     chunk_ms: int | None = None
     sessions: set["Session"] = field(default_factory=set)
     draining: bool = False
+    auth: Authenticator = field(default_factory=Authenticator)  # no keys: open
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
 
     @property
     def connected_streams(self) -> int:
@@ -91,6 +95,7 @@ class Session:
 
     async def run(self) -> None:
         if self.ctx.draining:
+            self.ctx.metrics.reject(proto.SHUTTING_DOWN)
             await self._send_quiet(proto.error(proto.SHUTTING_DOWN, "server is shutting down", fatal=True))
             return
         if not await self._open():
@@ -137,6 +142,7 @@ class Session:
             self.stream_id = await asyncio.wrap_future(future)
         except ServerFull:
             log.info("connection rejected: server full (%s %s)", self.transport, self.peer)
+            self.ctx.metrics.reject(proto.SERVER_FULL)
             await self._send_quiet(proto.error(proto.SERVER_FULL, "no free stream slot; try again later",
                                                fatal=True))
             return False
@@ -293,6 +299,8 @@ class Session:
                 return
 
     async def _send(self, msg: dict[str, Any]) -> None:
+        if msg.get("type") == "error":
+            self.ctx.metrics.error(msg["code"])
         await self._send_text(proto.dumps(msg))
 
     async def _send_quiet(self, msg: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 
 from parakeet_streaming.server import protocol as proto
@@ -19,7 +20,8 @@ def status_message(ctx: ServerContext) -> dict[str, Any]:
     return proto.status(ctx.connected_streams, **extra)
 
 
-async def serve_status(ctx: ServerContext, host: str, port: int) -> asyncio.Server:
+async def serve_status(ctx: ServerContext, host: str, port: int,
+                       ssl_context: ssl.SSLContext | None = None) -> asyncio.Server:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             writer.write(proto.dumps(status_message(ctx)).encode("utf-8") + b"\n")
@@ -29,4 +31,4 @@ async def serve_status(ctx: ServerContext, host: str, port: int) -> asyncio.Serv
         finally:
             await close_writer(writer)
 
-    return await asyncio.start_server(handler, host, port)
+    return await asyncio.start_server(handler, host, port, ssl=ssl_context)

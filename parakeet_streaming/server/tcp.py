@@ -1,10 +1,17 @@
-"""Raw TCP transport: newline-delimited JSON (UTF-8) in both directions."""
+"""Raw TCP transport: newline-delimited JSON (UTF-8) in both directions.
+
+With API keys configured the first line must be `{"type":"auth","token":"KEY"}`; it is checked
+before a stream is opened (and before `hello`).
+"""
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 
-from parakeet_streaming.server.session import OVERSIZED, ServerContext, Session, StreamOptions
+from parakeet_streaming.server import protocol as proto
+from parakeet_streaming.server.security import auth_line_token
+from parakeet_streaming.server.session import OVERSIZED, Send, ServerContext, Session, StreamOptions
 
 log = logging.getLogger("parakeet_streaming.tcp")
 
@@ -48,7 +55,8 @@ class LineReader:
         return None
 
 
-async def serve_tcp(ctx: ServerContext, host: str, port: int) -> asyncio.Server:
+async def serve_tcp(ctx: ServerContext, host: str, port: int,
+                    ssl_context: ssl.SSLContext | None = None) -> asyncio.Server:
     cap = ctx.config.max_message_bytes
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -60,7 +68,7 @@ async def serve_tcp(ctx: ServerContext, host: str, port: int) -> asyncio.Server:
             await close_writer(writer)
 
     # limit: readuntil gives up (LimitOverrunError) once this many bytes hold no newline.
-    return await asyncio.start_server(handler, host, port, limit=cap + 2)
+    return await asyncio.start_server(handler, host, port, limit=cap + 2, ssl=ssl_context)
 
 
 async def _handle(ctx: ServerContext, lines: LineReader, writer: asyncio.StreamWriter) -> None:
@@ -70,8 +78,29 @@ async def _handle(ctx: ServerContext, lines: LineReader, writer: asyncio.StreamW
 
     peername = writer.get_extra_info("peername")
     peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
+    if ctx.auth.required and not await _authenticate(ctx, lines, send):
+        return
     options = StreamOptions(half_close_ok=True, bytes_are_json=True)
     await Session(ctx, lines.recv, send, options=options, peer=peer, transport="tcp").run()
+
+
+async def _authenticate(ctx: ServerContext, lines: LineReader, send: Send) -> bool:
+    """Read the auth line; on a wrong or missing key send `unauthorized` and return False."""
+    idle = ctx.config.idle_timeout
+    try:
+        line = await asyncio.wait_for(lines.recv(), idle if idle and idle > 0 else None)
+    except asyncio.TimeoutError:
+        line = None
+    if isinstance(line, bytes) and ctx.auth.check(auth_line_token(line)):
+        return True
+    ctx.metrics.reject(proto.UNAUTHORIZED)
+    ctx.metrics.error(proto.UNAUTHORIZED)
+    try:
+        await send(proto.dumps(proto.error(proto.UNAUTHORIZED, "the first line must be "
+                                           '{"type":"auth","token":"<API key>"} with a valid key', fatal=True)))
+    except (ConnectionError, OSError):
+        pass
+    return False
 
 
 async def close_writer(writer: asyncio.StreamWriter) -> None:

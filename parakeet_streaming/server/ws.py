@@ -1,11 +1,13 @@
 """WebSocket transport: one JSON object per text frame; binary frames carry raw audio.
 
 Any request path is accepted. Query parameters set the stream's defaults:
-`?encoding=mulaw&sample_rate=8000`.
+`?encoding=mulaw&sample_rate=8000`. With API keys configured the upgrade request must carry
+`Authorization: Bearer KEY` or `?token=KEY` (checked before a stream is opened).
 """
 from __future__ import annotations
 
 import logging
+import ssl
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -13,6 +15,7 @@ from websockets.exceptions import ConnectionClosed
 
 from parakeet_streaming.audio import ENCODINGS
 from parakeet_streaming.server import protocol as proto
+from parakeet_streaming.server.security import bearer_token
 from parakeet_streaming.server.session import ServerContext, Session, StreamOptions
 
 log = logging.getLogger("parakeet_streaming.ws")
@@ -40,7 +43,7 @@ def options_from_path(path: str) -> StreamOptions:
     return opts
 
 
-async def serve_ws(ctx: ServerContext, host: str, port: int) -> Server:
+async def serve_ws(ctx: ServerContext, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> Server:
     async def handler(conn: ServerConnection) -> None:
         try:
             await _handle(ctx, conn)
@@ -48,7 +51,7 @@ async def serve_ws(ctx: ServerContext, host: str, port: int) -> Server:
             log.exception("websocket connection failed")
 
     cap = ctx.config.max_message_bytes
-    return await serve(handler, host, port, max_size=cap * _HARD_CAP_FACTOR, compression=None)
+    return await serve(handler, host, port, max_size=cap * _HARD_CAP_FACTOR, compression=None, ssl=ssl_context)
 
 
 async def _handle(ctx: ServerContext, conn: ServerConnection) -> None:
@@ -61,9 +64,17 @@ async def _handle(ctx: ServerContext, conn: ServerConnection) -> None:
     async def send(text: str) -> None:
         await conn.send(text)
 
+    path = conn.request.path if conn.request else "/"
+    if not ctx.auth.check(bearer_token(conn.request.headers if conn.request else {}, path)):
+        ctx.metrics.reject(proto.UNAUTHORIZED)
+        ctx.metrics.error(proto.UNAUTHORIZED)
+        await send(proto.dumps(proto.error(proto.UNAUTHORIZED, "missing or wrong API key", fatal=True)))
+        await conn.close(1008, "unauthorized")
+        return
     try:
-        options = options_from_path(conn.request.path if conn.request else "/")
+        options = options_from_path(path)
     except proto.ProtocolError as exc:
+        ctx.metrics.error(exc.code)
         await send(proto.dumps(proto.error_from(exc)))
         return
     peer = _peer(conn)
