@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds without a client message before the stream is closed (0: never)")
     serve.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)
     serve.add_argument("--log-level", default=d.log_level, choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--endpoint-silence-ms", type=int, default=d.endpoint_silence_ms, metavar="MS",
+                       help="end an utterance after this much trailing silence (0: off; default: off for "
+                       "models with an <EOU> token, 500 for the others)")
+    serve.add_argument("--endpoint-signal", choices=["vad", "tokens", "either"], default=d.endpoint_signal,
+                       help="what counts as silence: Silero VAD, no decoded token, or either (default: %(default)s)")
+    serve.add_argument("--vad-threshold", type=float, default=d.vad_threshold,
+                       help="VAD speech probability threshold (default: %(default)s)")
     serve.add_argument("--api-key", dest="api_keys", action="append", default=[], metavar="KEY",
                        help="require this API key from clients (repeatable); see docs/operations.md")
     serve.add_argument("--api-key-file", default=d.api_key_file, metavar="PATH",

@@ -37,6 +37,9 @@ class ServerConfig:
     ssl_certfile: str | None = None  # TLS on every listener when set (with ssl_keyfile)
     ssl_keyfile: str | None = None
     drain_seconds: float = 10.0  # after SIGTERM, how long open streams may go on before being finalized
+    endpoint_silence_ms: int | None = None  # None: off for models with <EOU>, else 500 (endpointing.py)
+    endpoint_signal: str = "vad"  # vad | tokens | either
+    vad_threshold: float = 0.5
     extra: dict[str, Any] = field(default_factory=dict)
 
 

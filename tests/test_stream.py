@@ -33,7 +33,7 @@ def test_plain_tokens_make_one_result(tok) -> None:
     s = make_stream(tok)
     a, b = word(tok, "▁a"), word(tok, "b")
     (ev,) = s.events(out([a, b], covered=8000))
-    assert ev == Result(7, "ab", [a, b], [0.5, 0.51], [10, 11], 500, 0)
+    assert ev == Result(7, "ab", [a, b], [0.5, 0.51], [10, 11], 500, 0, token_start_ms=[800, 880])
     assert s.events(out([])) == []  # nothing new, nothing sent
 
 
@@ -43,11 +43,13 @@ def test_eou_splits_the_step_and_starts_the_next_utterance(tok) -> None:
     r0, end, r1 = s.events(out([a, b, tok.eou_id, c]))
     assert r0.token_ids == [a, b, tok.eou_id] and r0.confidences == [0.5, 0.51, 0.52]
     assert r0.token_frames == [10, 11, 12] and r0.utterance == 0 and r0.text == "ab"
-    assert end == UtteranceEnd(7, 0, "ab", 1000, backchannel=False)
+    assert end == UtteranceEnd(7, 0, "ab", 1000, backchannel=False)  # "ab" is in r0's words
+    assert [w.word for w in r0.words] == ["ab"] and r0.words[0].start_ms == 800 and r0.words[0].end_ms == 960
     assert r1.token_ids == [c] and r1.confidences == [0.53] and r1.token_frames == [13]
     assert r1.utterance == 1 and r1.text == "ab c"
     (r2, end2) = s.events(out([c, tok.eob_id]))
     assert r2.utterance == 1 and end2 == UtteranceEnd(7, 1, "c c", 1000, backchannel=True)
+    assert [w.word for w in r1.words + r2.words] == ["c", "c"]
     assert "<EOU>" not in r2.text and "<EOB>" not in r2.text
 
 
@@ -72,7 +74,7 @@ def test_final_is_last_even_after_an_eou(tok) -> None:
 
 def test_final_without_tokens(tok) -> None:
     (final,) = make_stream(tok).events(out([], done=True, covered=0))
-    assert final == Result(7, "", [], [], [], 0, 0, is_final=True)
+    assert final == Result(7, "", [], [], [], 0, 0, is_final=True)  # no token_start_ms, no words
 
 
 def test_final_carries_the_last_tokens(tok) -> None:

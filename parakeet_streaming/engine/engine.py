@@ -18,10 +18,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from parakeet_streaming.endpointing import EndpointConfig, Endpointer, VadBank
 from parakeet_streaming.engine import scheduler
 from parakeet_streaming.engine.events import EngineStats, Event, Result, ServerFull, StreamFailed, UtteranceEnd
 from parakeet_streaming.engine.runner import Runner, StepOutput
 from parakeet_streaming.engine.stream import Stream
+from parakeet_streaming.engine.words import word_starts
 from parakeet_streaming.model.asr import ASRModel
 
 log = logging.getLogger("parakeet_streaming.engine")
@@ -53,6 +55,11 @@ class _Abort:
     stream_id: int
 
 
+@dataclass
+class _Flush:
+    stream_id: int
+
+
 class _Stop:
     pass
 
@@ -63,9 +70,13 @@ class EngineStopped(ServerFull):
 
 class Engine:
     def __init__(self, model: ASRModel, max_num_streams: int, device: str | torch.device = "cpu",
-                 max_batch_size: int | None = None) -> None:
+                 max_batch_size: int | None = None, endpoint: EndpointConfig | None = None) -> None:
         self.model = model
         self.runner = Runner(model, max_num_streams, device)
+        self.endpoint = endpoint or EndpointConfig()
+        # The VAD runs on the CPU whatever the device: a few tiny ops per 32 ms frame batch.
+        self.vad = VadBank(max_num_streams, self.runner.sample_rate) if self.endpoint.uses_vad else None
+        self._word_starts = word_starts(model.tokenizer)
         self.max_num_streams = max_num_streams
         self.max_batch_size = max_batch_size or max_num_streams
         self.ready = threading.Event()  # set once the model is warmed up and the loop runs
@@ -113,6 +124,10 @@ class Engine:
     def abort(self, stream_id: int) -> None:
         self._inbox.put(_Abort(stream_id))
 
+    def flush(self, stream_id: int) -> None:
+        """Decode all audio sent so far and emit a Result with `flushed=True`; the stream goes on."""
+        self._inbox.put(_Flush(stream_id))
+
     def stats_snapshot(self) -> EngineStats:
         """A copy of the counters, safe to read from any thread (values may be one step stale)."""
         st = self.stats
@@ -136,6 +151,8 @@ class Engine:
         try:
             if not self._drain(block=not self._any_ready()):
                 return False
+            if self.vad is not None:
+                self._run_vad()
             ready = [s for s in self._streams.values() if self.runner.ready(s.slot)]
             if ready:
                 self._step(ready)
@@ -201,14 +218,21 @@ class Engine:
             return  # already finished or aborted: late commands are harmless
         if isinstance(cmd, _Abort):
             self._release(stream)
+        elif stream.flushing:
+            stream.backlog.append(cmd)  # after the flush, on the new segment
         elif isinstance(cmd, _Audio):
             if not stream.finishing and len(cmd.samples):
                 stream.samples += len(cmd.samples)
                 self.runner.push(stream.slot, cmd.samples)
+                if self.vad is not None:
+                    self.vad.push(stream.slot, cmd.samples)
             if cmd.final:
                 self._finish(stream)
         elif isinstance(cmd, _Finalize):
             self._finish(stream)
+        elif isinstance(cmd, _Flush) and not stream.finishing:
+            stream.flushing = True
+            self.runner.finish(stream.slot)  # the segment ends here, decoded exactly like an end of stream
 
     def _open(self, cmd: _Open) -> None:
         if not cmd.future.set_running_or_notify_cancel():
@@ -219,9 +243,13 @@ class Engine:
             cmd.future.set_exception(ServerFull(f"all {self.max_num_streams} stream slots are in use"))
             return
         slot = free[0]  # lowest first keeps active slots contiguous, so steps index them in place
-        stream = Stream(self._next_id, slot, cmd.sink, self.model.tokenizer, self.runner.sample_rate)
+        endpointer = Endpointer(self.endpoint, self.runner.frame_ms) if self.endpoint.enabled else None
+        stream = Stream(self._next_id, slot, cmd.sink, self.model.tokenizer, self.runner.sample_rate,
+                        frame_ms=self.runner.frame_ms, starts=self._word_starts, endpointer=endpointer)
         self._next_id += 1
         self.runner.open(slot)
+        if self.vad is not None:
+            self.vad.reset(slot)
         self._streams[stream.id], self._by_slot[slot] = stream, stream
         self._last_served[stream.id] = -1
         self._count()
@@ -247,7 +275,7 @@ class Engine:
         self.stats.active_streams, self.stats.free_slots = self.num_active, self.num_free
 
     def _step(self, ready: list[Stream]) -> None:
-        candidates = [scheduler.Candidate(s.id, self._last_served[s.id], s.finishing) for s in ready]
+        candidates = [scheduler.Candidate(s.id, self._last_served[s.id], s.finishing or s.flushing) for s in ready]
         batch = [self._streams[i] for i in scheduler.pick(candidates, self.max_batch_size)]
         started = time.perf_counter()
         try:
@@ -273,11 +301,31 @@ class Engine:
             self._emit(stream, StreamFailed(stream.id, "internal", f"could not build results: {exc}"))
             self._release(stream)
             return
-        if out.done:
+        if out.done and stream.flushing:
+            self._new_segment(stream)
+        elif out.done:
             self._release(stream)  # first, so whoever sees the final Result finds the slot free
         for event in events:
             if not self._emit(stream, event):
                 return
+
+    def _new_segment(self, stream: Stream) -> None:
+        """A flush is decoded: fresh model state for the slot, then the commands that waited."""
+        stream.new_segment()
+        self.runner.open(stream.slot)
+        backlog, stream.backlog = stream.backlog, []
+        for cmd in backlog:
+            self._apply(cmd)
+
+    def _run_vad(self) -> None:
+        """VAD over the audio that arrived since the last iteration, all streams in one batch."""
+        streams = [s for s in self._streams.values() if s.endpointer is not None and self.vad.has_frames(s.slot)]
+        if not streams:
+            return
+        probs = self.vad.run([s.slot for s in streams])
+        for stream in streams:
+            start_ms, p = probs[stream.slot]
+            stream.endpointer.on_vad(start_ms, self.vad.frame_ms, p)
 
     def _emit(self, stream: Stream, event: Event) -> bool:
         try:
@@ -302,8 +350,8 @@ class Engine:
         covered = 0
         for out in outputs:  # stream audio this step's frames newly cover, from each running total
             stream = self._by_slot[out.slot]
-            covered += out.samples_covered - stream.samples_covered
-            stream.samples_covered = out.samples_covered
+            covered += stream.covered(out) - stream.samples_covered
+            stream.samples_covered = stream.covered(out)
         self._bump("audio_seconds_total", covered / self.runner.sample_rate)
 
     def _bump(self, key: str, by: float = 1.0) -> None:
@@ -322,7 +370,10 @@ def transcribe(engine: Engine, samples: np.ndarray, chunk_samples: int | None = 
     tokens: list[int] = []
     confidences: list[float] = []
     frames: list[int] = []
+    starts: list[int] = []
+    words: list[dict[str, Any]] = []
     utterances: list[dict[str, Any]] = []
+    ended_at = 0  # len(tokens) at the last end of utterance
     deadline = time.monotonic() + timeout
     while True:
         event = events.get(timeout=max(0.0, deadline - time.monotonic()))
@@ -330,22 +381,21 @@ def transcribe(engine: Engine, samples: np.ndarray, chunk_samples: int | None = 
             raise RuntimeError(f"transcription failed: {event.message}")
         if isinstance(event, UtteranceEnd):
             utterances.append({"index": event.utterance, "text": event.text, "audio_ms": event.audio_ms,
-                               "backchannel": event.backchannel, "ended": True})
+                               "backchannel": event.backchannel, "ended": True, "reason": event.reason})
+            words += [vars(w) for w in event.words]
+            ended_at = len(tokens)
         elif isinstance(event, Result):
             tokens += event.token_ids
             confidences += event.confidences
             frames += event.token_frames
+            starts += event.token_start_ms
+            words += [vars(w) for w in event.words]
             if event.is_final:
-                tail = engine.model.tokenizer.decode(_tail_tokens(tokens, engine)).strip()
+                tail = engine.model.tokenizer.decode(tokens[ended_at:]).strip()
                 if tail:
                     utterances.append({"index": event.utterance, "text": tail, "audio_ms": event.audio_ms,
                                        "backchannel": False, "ended": False})
                 return {"text": event.text, "token_ids": tokens, "confidence_scores": confidences,
-                        "token_frames": frames, "utterances": utterances}
+                        "token_frames": frames, "token_start_ms": starts, "words": words,
+                        "utterances": utterances}
 
-
-def _tail_tokens(tokens: list[int], engine: Engine) -> list[int]:
-    """Tokens after the last end-of-utterance token."""
-    tok = engine.model.tokenizer
-    ends = [i for i, t in enumerate(tokens) if t in (tok.eou_id, tok.eob_id)]
-    return tokens[ends[-1] + 1:] if ends else tokens

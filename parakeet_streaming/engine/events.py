@@ -4,6 +4,8 @@ from __future__ import annotations
 from bisect import bisect_left
 from dataclasses import dataclass, field
 
+from parakeet_streaming.engine.words import Word
+
 
 @dataclass(frozen=True)
 class Result:
@@ -17,18 +19,23 @@ class Result:
     audio_ms: int  # stream audio covered by the transcript
     utterance: int  # index of the utterance the newest token belongs to
     is_final: bool = False
-    flushed: bool = False
+    flushed: bool = False  # answers a flush: every sample received before it is decoded
+    token_start_ms: list[int] = field(default_factory=list)  # stream time each token starts at
+    words: list[Word] = field(default_factory=list)  # words these tokens completed (see words.py)
 
 
 @dataclass(frozen=True)
 class UtteranceEnd:
-    """The model emitted <EOU> (or <EOB>, then `backchannel` is True), or an endpointer fired."""
+    """The model emitted <EOU> (or <EOB>, then `backchannel` is True), an endpointer fired, or a
+    flush ended the utterance. `reason`: "model" | "silence" | "flush"."""
 
     stream_id: int
     utterance: int
     text: str
     audio_ms: int
     backchannel: bool = False
+    reason: str = "model"
+    words: list[Word] = field(default_factory=list)  # words the end completed (its last one, usually)
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,26 @@
-"""Host-side state of one stream: its tokens, utterances and audio accounting, and the events they make.
+"""Host-side state of one stream: its tokens, utterances, words and audio accounting, and the events they make.
 
-End of utterance: `<EOU>` (or `<EOB>`, a backchannel) closes the current utterance. A step's tokens
-are reported as one Result per utterance they touch, each followed by an UtteranceEnd where the
-utterance closed, so every Result's tokens belong to a single utterance. Model state is NOT reset
-after `<EOU>`: NeMo's own cache-aware streaming carries encoder caches and decoder state straight
-through the token (its voice-agent pipeline resets them, the model does not), and keeping them keeps
-our tokens equal to NeMo's for the whole stream.
+End of utterance: `<EOU>` (or `<EOB>`, a backchannel) closes the current utterance, and so does a
+silence endpoint (`endpointing.py`) or a flush. A step's tokens are reported as one Result per
+utterance they touch, each followed by an UtteranceEnd where the utterance closed, so every
+Result's tokens belong to a single utterance. Model state is NOT reset after `<EOU>` or a silence
+endpoint: NeMo's own cache-aware streaming carries encoder caches and decoder state straight
+through the token (its voice-agent pipeline resets them, the model does not), and keeping them
+keeps our tokens equal to NeMo's for the whole stream.
+
+Segments: a flush decodes everything received like an end of stream, then the engine resets the
+slot's model state and the stream goes on as a new segment. Times stay on the stream's clock:
+`seg_start` (samples before the segment) is added to the runner's per-segment counts.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
+from parakeet_streaming.endpointing import Endpointer
 from parakeet_streaming.engine.events import Event, Result, UtteranceEnd
 from parakeet_streaming.engine.runner import StepOutput
+from parakeet_streaming.engine.words import Word, WordBuilder, word_starts
 from parakeet_streaming.model.tokenizer import Tokenizer
 
 
@@ -24,12 +31,23 @@ class Stream:
     sink: Callable[[Event], None]
     tokenizer: Tokenizer
     sample_rate: int
-    samples: int = 0  # received so far
+    frame_ms: int = 80
+    starts: list[bool] | None = None  # word_starts(tokenizer), shared by the engine's streams
+    endpointer: Endpointer | None = None
+    samples: int = 0  # received so far (pushed to the runner)
     samples_covered: int = 0  # received samples the decoded frames cover (engine statistics)
+    seg_start: int = 0  # stream samples before the current segment
     token_ids: list[int] = field(default_factory=list)
     utterance: int = 0
     utterance_start: int = 0  # index into token_ids where the current utterance starts
     finishing: bool = False
+    flushing: bool = False  # a flush is being decoded; commands wait in `backlog`
+    backlog: list[Any] = field(default_factory=list)
+    _words: WordBuilder = field(init=False)
+
+    def __post_init__(self) -> None:
+        starts = self.starts if self.starts is not None else word_starts(self.tokenizer)
+        self._words = WordBuilder(self.tokenizer, starts, self.frame_ms)
 
     def audio_ms(self, samples_covered: int) -> int:
         return samples_covered * 1000 // self.sample_rate
@@ -37,31 +55,73 @@ class Stream:
     def text(self) -> str:
         return self.tokenizer.decode(self.token_ids)
 
+    def covered(self, out: StepOutput) -> int:
+        """Stream samples the decoded frames cover."""
+        return self.seg_start + out.samples_covered
+
     def events(self, out: StepOutput) -> list[Event]:
-        """The events one step's output makes, in order; the final Result last when `out.done`."""
-        audio_ms = self.audio_ms(out.samples_covered)
+        """The events one step's output makes, in order; the final (or flushed) Result last when `out.done`."""
+        audio_ms = self.audio_ms(self.covered(out))
+        seg_ms = self.audio_ms(self.seg_start)
+        ms = [seg_ms + f * self.frame_ms for f in out.token_frames]
         events: list[Event] = []
-        start = 0
+        start, words = 0, []
         for i, tok in enumerate(out.token_ids):
+            start, words = self._silence_ends(events, out, ms, start, i, words, limit=ms[i])
+            words += self._words.add(tok, ms[i], out.confidences[i])
             if tok in (self.tokenizer.eou_id, self.tokenizer.eob_id):
-                events.append(self._result(out, start, i + 1, audio_ms))
-                events.append(self._end_utterance(audio_ms, backchannel=tok == self.tokenizer.eob_id))
-                start = i + 1
-        if start < len(out.token_ids) or out.done:
-            events.append(self._result(out, start, len(out.token_ids), audio_ms, final=out.done))
+                events.append(self._result(out, ms, start, i + 1, audio_ms, words))
+                events.append(self._end(audio_ms, ms[i], backchannel=tok == self.tokenizer.eob_id))
+                start, words = i + 1, []
+            elif self.endpointer is not None:
+                self.endpointer.on_token(ms[i])
+        n = len(out.token_ids)
+        start, words = self._silence_ends(events, out, ms, start, n, words,
+                                          limit=seg_ms + out.frames_decoded * self.frame_ms)
+        if out.done:
+            words += self._words.close()
+        if start < n or out.done:
+            events.append(self._result(out, ms, start, n, audio_ms, words, final=out.done and not self.flushing,
+                                       flushed=out.done and self.flushing))
+        if out.done and self.flushing and self.utterance_start < len(self.token_ids):
+            events.append(self._end(audio_ms, audio_ms, reason="flush"))
         return events
 
-    def _result(self, out: StepOutput, a: int, b: int, audio_ms: int, final: bool = False) -> Result:
+    def new_segment(self) -> None:
+        """After a flush: later audio is a new segment on the same clock."""
+        self.seg_start = self.samples
+        self.flushing = False
+
+    def _silence_ends(self, events: list[Event], out: StepOutput, ms: list[int], start: int, i: int,
+                      words: list[Word], limit: int) -> tuple[int, list[Word]]:
+        """Silence endpoints due before token i (starting at `limit`): close the utterance there."""
+        while self.endpointer is not None and (at := self.endpointer.due(limit)) is not None:
+            if self.utterance_start == len(self.token_ids) and start == i:
+                self.endpointer.ended(at)  # nothing was said: no empty utterance
+                continue
+            if start < i:
+                events.append(self._result(out, ms, start, i, self.audio_ms(self.covered(out)), words))
+                start, words = i, []
+            events.append(self._end(at, at, reason="silence", words=self._words.close()))
+        return start, words
+
+    def _result(self, out: StepOutput, ms: list[int], a: int, b: int, audio_ms: int, words: list[Word],
+                final: bool = False, flushed: bool = False) -> Result:
         self.token_ids.extend(out.token_ids[a:b])
         return Result(
             stream_id=self.id, text=self.text(), token_ids=list(out.token_ids[a:b]),
             confidences=list(out.confidences[a:b]), token_frames=list(out.token_frames[a:b]),
-            audio_ms=audio_ms, utterance=self.utterance, is_final=final,
+            audio_ms=audio_ms, utterance=self.utterance, is_final=final, flushed=flushed,
+            token_start_ms=ms[a:b], words=words,
         )
 
-    def _end_utterance(self, audio_ms: int, backchannel: bool) -> UtteranceEnd:
+    def _end(self, audio_ms: int, at_ms: int, backchannel: bool = False, reason: str = "model",
+             words: list[Word] | None = None) -> UtteranceEnd:
         text = self.tokenizer.decode(self.token_ids[self.utterance_start:]).strip()
-        event = UtteranceEnd(self.id, self.utterance, text, audio_ms, backchannel=backchannel)
+        event = UtteranceEnd(self.id, self.utterance, text, audio_ms, backchannel=backchannel, reason=reason,
+                             words=words or [])
         self.utterance += 1
         self.utterance_start = len(self.token_ids)
+        if self.endpointer is not None:
+            self.endpointer.ended(at_ms)
         return event

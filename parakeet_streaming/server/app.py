@@ -105,9 +105,12 @@ def load(config: ServerConfig) -> Any:
 
 
 def build_engine(model: Any, config: ServerConfig) -> Any:
+    from parakeet_streaming.endpointing import resolve
     from parakeet_streaming.engine.engine import Engine
 
-    return Engine(model, config.max_num_streams, device=config.device)
+    endpoint = resolve(config.endpoint_silence_ms, config.endpoint_signal, config.vad_threshold,
+                       model_has_eou=model.tokenizer.eou_id is not None)
+    return Engine(model, config.max_num_streams, device=config.device, endpoint=endpoint)
 
 
 def app_for(model: Any, engine: EngineLike, config: ServerConfig) -> App:

@@ -1,0 +1,58 @@
+"""Word timestamps: tokens grouped into words at SentencePiece `▁` (word start) boundaries.
+
+A word is complete when the next word starts, or when its utterance or segment ends (end of
+utterance, flush, end of stream); only complete words are reported. Times come from the encoder
+frame each token was emitted on: a word starts at its first token's frame and ends at the end of
+its last token's frame. Its confidence is the lowest of its tokens' confidences.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from parakeet_streaming.model.tokenizer import Tokenizer
+
+WORD_START = "\u2581"  # SentencePiece's word-boundary marker
+
+
+@dataclass(frozen=True)
+class Word:
+    word: str
+    start_ms: int
+    end_ms: int
+    confidence: float
+
+
+def word_starts(tokenizer: Tokenizer) -> list[bool]:
+    """Per token id: does its piece begin a new word?"""
+    return [tokenizer.id_to_piece(i).startswith(WORD_START) for i in range(tokenizer.vocab_size)]
+
+
+@dataclass
+class WordBuilder:
+    tokenizer: Tokenizer
+    starts: list[bool]
+    frame_ms: int
+    _ids: list[int] = field(default_factory=list)
+    _start: int = 0
+    _last: int = 0
+    _conf: float = 1.0
+
+    def add(self, token_id: int, start_ms: int, confidence: float) -> list[Word]:
+        """Feed one token; returns the word it completed, if any. Special tokens end the word."""
+        if self.tokenizer.is_special(token_id) or not 0 <= token_id < len(self.starts):
+            return self.close()
+        done = self.close() if self.starts[token_id] else []
+        if not self._ids:
+            self._start, self._conf = start_ms, confidence
+        self._ids.append(token_id)
+        self._last, self._conf = start_ms, min(self._conf, confidence)
+        return done
+
+    def close(self) -> list[Word]:
+        """End the open word (utterance, segment or stream over)."""
+        if not self._ids:
+            return []
+        text = self.tokenizer.decode(self._ids).strip()
+        word = Word(text, self._start, self._last + self.frame_ms, self._conf)
+        self._ids = []
+        return [word] if text else []
