@@ -43,3 +43,13 @@ def test_transcribe_non_wav_exits_2(tmp_path, capsys):
 def test_transcribe_missing_file_exits_2(tmp_path, capsys):
     assert main(["transcribe", str(tmp_path / "nope.wav")]) == 2
     assert "nope.wav" in capsys.readouterr().err
+
+
+def test_operations_flags():
+    args = build_parser().parse_args([
+        "serve", "--http-port", "0", "--api-key", "k1", "--api-key", "k2", "--api-key-file", "/keys",
+        "--ssl-certfile", "/c.pem", "--ssl-keyfile", "/k.pem", "--drain-seconds", "2.5"])
+    c = config_from_args(args)
+    assert (c.http_port, c.api_keys, c.api_key_file) == (0, ["k1", "k2"], "/keys")
+    assert (c.ssl_certfile, c.ssl_keyfile, c.drain_seconds) == ("/c.pem", "/k.pem", 2.5)
+    assert ServerConfig().http_port == 8080 and ServerConfig().api_keys == []

@@ -11,7 +11,7 @@ import ssl
 
 from parakeet_streaming.server import protocol as proto
 from parakeet_streaming.server.security import auth_line_token
-from parakeet_streaming.server.session import OVERSIZED, Send, ServerContext, Session, StreamOptions
+from parakeet_streaming.server.session import OVERSIZED, Recv, Send, ServerContext, Session, StreamOptions
 
 log = logging.getLogger("parakeet_streaming.tcp")
 
@@ -80,8 +80,25 @@ async def _handle(ctx: ServerContext, lines: LineReader, writer: asyncio.StreamW
     peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
     if ctx.auth.required and not await _authenticate(ctx, lines, send):
         return
+    recv = lines.recv if ctx.auth.required else _skip_auth_line(lines.recv)
     options = StreamOptions(half_close_ok=True, bytes_are_json=True)
-    await Session(ctx, lines.recv, send, options=options, peer=peer, transport="tcp").run()
+    await Session(ctx, recv, send, options=options, peer=peer, transport="tcp").run()
+
+
+def _skip_auth_line(recv: Recv) -> Recv:
+    """Without keys, a client that sends an auth line anyway is served as if it had not."""
+    first = True
+
+    async def wrapped() -> bytes | object | None:
+        nonlocal first
+        line = await recv()
+        if first:
+            first = False
+            if isinstance(line, bytes) and auth_line_token(line) is not None:
+                return await recv()
+        return line
+
+    return wrapped
 
 
 async def _authenticate(ctx: ServerContext, lines: LineReader, send: Send) -> bool:
