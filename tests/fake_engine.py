@@ -63,6 +63,9 @@ class FakeEngine:
     def abort(self, stream_id: int) -> None:
         self._inbox.put(("abort", stream_id, None, False))
 
+    def flush(self, stream_id: int) -> None:
+        self._inbox.put(("flush", stream_id, None, False))
+
     def _loop(self) -> None:
         while (cmd := self._inbox.get()) is not None:
             kind, sid, samples, final = cmd
@@ -73,6 +76,10 @@ class FakeEngine:
             if kind == "abort":
                 self.aborted.append(sid)
                 self._drop(sid)
+                continue
+            if kind == "flush":
+                total = self._totals[sid]
+                sink(Result(sid, str(total), [], [], [], total // 16, 0, flushed=True))
                 continue
             self._totals[sid] += len(samples)
             self.received[sid].append(samples)

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parakeet_streaming.engine.events import Result, UtteranceEnd
+from parakeet_streaming.engine.words import Word
 from parakeet_streaming.server import protocol as p
 
 
@@ -144,12 +145,25 @@ def test_result_builder():
 
 def test_eou_error_pong_status_builders():
     assert p.eou(UtteranceEnd(2, 1, "yes", 800, backchannel=True)) == {
-        "type": "eou", "stream_id": 2, "utterance": 1, "text": "yes", "audio_ms": 800, "backchannel": True}
+        "type": "eou", "stream_id": 2, "utterance": 1, "text": "yes", "audio_ms": 800, "backchannel": True,
+        "reason": "model"}
+    silence = UtteranceEnd(2, 1, "yes", 800, reason="silence", words=[Word("yes", 480, 720, 0.876543)])
+    assert p.eou(silence, timestamps=True)["words"] == [
+        {"word": "yes", "start_ms": 480, "end_ms": 720, "confidence": 0.8765}]
+    assert p.eou(silence)["reason"] == "silence" and "words" not in p.eou(silence)
     assert p.error(p.SERVER_FULL, "full", fatal=True) == {
         "type": "error", "code": "server_full", "message": "full", "fatal": True}
     assert p.error_from(p.ProtocolError(p.BAD_JSON, "x")) == p.error(p.BAD_JSON, "x", False)
     assert p.pong() == {"type": "pong"}
     assert p.status(4, max_num_streams=8) == {"type": "status", "connected_streams": 4, "max_num_streams": 8}
+
+
+def test_config_message():
+    assert p.parse_text('{"type":"config","timestamps":true}') == p.Config(timestamps=True)
+    assert p.parse_text('{"type":"config"}') == p.Config()
+    for bad in ('{"type":"config","timestamps":2}', '{"type":"config","timestamp":true}'):
+        assert code_of(bad) == p.BAD_CONFIG
+    assert p.parse_flag("timestamps", "1") is True and p.parse_flag("timestamps", "false") is False
 
 
 def test_dumps_is_one_line():

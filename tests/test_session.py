@@ -204,12 +204,43 @@ async def test_declared_rate_is_resampled(engine):
     assert abs(int(msgs[-1]["text"]) - 16000) <= 2
 
 
-async def test_flush_not_supported_is_non_fatal(engine):
+async def test_flush_drains_the_resampler_and_keeps_the_stream(engine):
     session, pipe, _ = make(engine)
+    pipe.put({"type": "audio", "data": pcm(800), "sample_rate": 8000})
     pipe.put({"type": "flush"})
+    pipe.put({"type": "audio", "data": pcm(800)})
     pipe.put({"type": "close"})
     msgs = await run_to_end(session, pipe)
-    assert msgs[1]["type"] == "error" and not msgs[1]["fatal"] and msgs[-1]["is_final"]
+    (flushed,) = [m for m in msgs if m.get("flushed")]
+    assert not flushed["is_final"] and abs(int(flushed["text"]) - 1600) <= 2  # all 800 samples, resampled
+    assert abs(int(msgs[-1]["text"]) - 3200) <= 4 and msgs[-1]["is_final"]
+    assert not [m for m in msgs if m["type"] == "error"]
+
+
+async def test_flush_after_final_is_ignored(engine):
+    session, pipe, _ = make(engine)
+    pipe.put({"type": "audio", "data": pcm(100), "final": True})
+    pipe.put({"type": "flush"})
+    msgs = await run_to_end(session, pipe)
+    assert not [m for m in msgs if m.get("flushed") or m["type"] == "error"] and msgs[-1]["is_final"]
+
+
+async def test_config_message_turns_timestamps_on(engine):
+    session, pipe, _ = make(engine)
+    task = asyncio.create_task(session.run())
+    await pipe.get()  # hello
+    pipe.put({"type": "audio", "data": pcm(100)})
+    first = await pipe.get()
+    pipe.put({"type": "config", "timestamps": True})
+    pipe.put({"type": "config", "timestamps": "yes"})
+    pipe.put({"type": "config", "colour": "red"})
+    pipe.put({"type": "audio", "data": pcm(100), "final": True})
+    await asyncio.wait_for(task, 10)
+    msgs = pipe.drain()
+    results = [m for m in msgs if m["type"] == "result"]
+    assert "words" not in first and "token_start_ms" not in first
+    assert all(r["words"] == [] and r["token_start_ms"] == [] for r in results)  # the fake has no timings
+    assert [(m["code"], m["fatal"]) for m in msgs if m["type"] == "error"] == [("bad_config", False)] * 2
 
 
 async def test_stop_for_shutdown(engine):

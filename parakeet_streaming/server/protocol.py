@@ -17,6 +17,7 @@ from typing import Any
 
 from parakeet_streaming.audio import ENCODINGS
 from parakeet_streaming.engine.events import Result, UtteranceEnd
+from parakeet_streaming.engine.words import Word
 
 PROTOCOL_VERSION = 2  # 1 = the seed's messages; 2 = the Part B extensions
 
@@ -31,6 +32,7 @@ UNKNOWN_TYPE = "unknown_type"
 UNAUTHORIZED = "unauthorized"
 IDLE_TIMEOUT = "idle_timeout"
 AUDIO_AFTER_FINAL = "audio_after_final"
+BAD_CONFIG = "bad_config"
 SHUTTING_DOWN = "shutting_down"
 INTERNAL = "internal"
 
@@ -80,7 +82,15 @@ class Flush:
     pass
 
 
-ClientMessage = Audio | Close | Ping | Flush
+@dataclass(frozen=True)
+class Config:
+    """Stream options, the same names as the WebSocket query parameters. None: unchanged."""
+
+    timestamps: bool | None = None
+
+
+ClientMessage = Audio | Close | Ping | Flush | Config
+_CONFIG_KEYS = ("timestamps",)
 
 _SIMPLE: dict[str, ClientMessage] = {"close": Close(), "ping": Ping(), "flush": Flush()}
 
@@ -105,11 +115,13 @@ def parse_object(obj: dict[str, Any]) -> ClientMessage:
     kind = obj.get("type")
     if kind == "audio":
         return _parse_audio(obj)
+    if kind == "config":
+        return _parse_config(obj)
     if isinstance(kind, str) and kind in _SIMPLE:
         return _SIMPLE[kind]
     if kind is None:
         raise ProtocolError(UNKNOWN_TYPE, "message has no 'type'")
-    known = ", ".join(["audio", *_SIMPLE])
+    known = ", ".join(["audio", "config", *_SIMPLE])
     raise ProtocolError(UNKNOWN_TYPE, f"unknown message type {kind!r} (known: {known})")
 
 
@@ -128,6 +140,23 @@ def _parse_audio(obj: dict[str, Any]) -> Audio:
     if samples is not None:
         return Audio(samples=_parse_samples(samples), encoding=encoding, final=final, sample_rate=rate)
     return Audio(data=_parse_data(data), encoding=encoding, final=final, sample_rate=rate)
+
+
+def _parse_config(obj: dict[str, Any]) -> Config:
+    unknown = sorted(set(obj) - {"type", *_CONFIG_KEYS})
+    if unknown:
+        raise ProtocolError(BAD_CONFIG, f"unknown config option(s) {', '.join(unknown)} "
+                            f"(known: {', '.join(_CONFIG_KEYS)})")
+    return Config(timestamps=parse_flag("timestamps", obj.get("timestamps")))
+
+
+def parse_flag(name: str, value: Any) -> bool | None:
+    """An on/off option: JSON true/false, or (query parameters) "true"/"false"/"1"/"0"."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "1", "false", "0"):
+        return value.lower() in ("true", "1")
+    raise ProtocolError(BAD_CONFIG, f"{name!r} must be true or false, got {value!r}")
 
 
 def _parse_final(value: Any) -> bool:
@@ -194,7 +223,7 @@ def hello(stream_id: int, sample_rate: int, *, model: str, encodings: tuple[str,
     return msg
 
 
-def result(ev: Result) -> dict[str, Any]:
+def result(ev: Result, timestamps: bool = False) -> dict[str, Any]:
     msg: dict[str, Any] = {
         "type": "result", "stream_id": ev.stream_id, "text": ev.text,
         "token_ids": [int(t) for t in ev.token_ids],
@@ -203,12 +232,23 @@ def result(ev: Result) -> dict[str, Any]:
     }
     if ev.flushed:
         msg["flushed"] = True
+    if timestamps:
+        msg["token_start_ms"] = [int(t) for t in ev.token_start_ms]
+        msg["words"] = _words(ev.words)
     return msg
 
 
-def eou(ev: UtteranceEnd) -> dict[str, Any]:
-    return {"type": "eou", "stream_id": ev.stream_id, "utterance": ev.utterance, "text": ev.text,
-            "audio_ms": int(ev.audio_ms), "backchannel": ev.backchannel}
+def eou(ev: UtteranceEnd, timestamps: bool = False) -> dict[str, Any]:
+    msg = {"type": "eou", "stream_id": ev.stream_id, "utterance": ev.utterance, "text": ev.text,
+           "audio_ms": int(ev.audio_ms), "backchannel": ev.backchannel, "reason": ev.reason}
+    if timestamps:
+        msg["words"] = _words(ev.words)
+    return msg
+
+
+def _words(words: list[Word]) -> list[dict[str, Any]]:
+    return [{"word": w.word, "start_ms": int(w.start_ms), "end_ms": int(w.end_ms),
+             "confidence": round(float(w.confidence), 4)} for w in words]
 
 
 def error(code: str, message: str, fatal: bool = False) -> dict[str, Any]:

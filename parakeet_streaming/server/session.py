@@ -42,6 +42,7 @@ class EngineLike(Protocol):
     def send_audio(self, stream_id: int, samples: np.ndarray, final: bool = False) -> None: ...
     def finalize(self, stream_id: int) -> None: ...
     def abort(self, stream_id: int) -> None: ...
+    def flush(self, stream_id: int) -> None: ...
 
 
 @dataclass
@@ -71,6 +72,7 @@ class StreamOptions:
     sample_rate: int | None = None  # None: config.sample_rate
     half_close_ok: bool = False  # TCP: EOF after finalizing still gets the final result
     bytes_are_json: bool = False  # TCP hands over undecoded lines; WebSocket bytes are raw audio
+    timestamps: bool = False  # results carry token_start_ms and words (?timestamps=true or a config message)
 
 
 class Session:
@@ -204,6 +206,9 @@ class Session:
             self._finalize()
         elif isinstance(msg, proto.Flush):
             self._on_flush()
+        elif isinstance(msg, proto.Config):
+            if msg.timestamps is not None:
+                self.options.timestamps = msg.timestamps
 
     def _on_audio(self, msg: proto.Audio) -> None:
         if self._finalized:
@@ -257,12 +262,15 @@ class Session:
             self._send_audio(self._resampler.flush(), final=True)
 
     def _on_flush(self) -> None:
-        flush = getattr(self.ctx.engine, "flush", None)
+        """Everything received is decoded and answered with a `flushed` result; the stream goes on.
+        The resampler is drained too (its tail belongs before the flush) and starts afresh."""
         if self._finalized:
             return
-        if flush is None:
-            raise proto.ProtocolError("not_supported", "flush is not supported by this server yet")
-        flush(self.stream_id)
+        tail = self._resampler.flush()
+        if tail.size:
+            self.ctx.engine.send_audio(self.stream_id, tail)
+        self._resampler = audio.Resampler(self._rate, self.ctx.model_rate)
+        self.ctx.engine.flush(self.stream_id)
 
     def _fail(self, exc: proto.ProtocolError) -> None:
         """A fatal error: report it once, stop taking input, finalize so the transcript is kept."""
@@ -286,12 +294,12 @@ class Session:
                 await self._send(item)
             elif isinstance(item, Result):
                 self._engine_done = self._engine_done or item.is_final
-                await self._send(proto.result(item))
+                await self._send(proto.result(item, self.options.timestamps))
                 if item.is_final:
                     self._outcome = "final" if self._outcome == "aborted" else self._outcome
                     return
             elif isinstance(item, UtteranceEnd):
-                await self._send(proto.eou(item))
+                await self._send(proto.eou(item, self.options.timestamps))
             elif isinstance(item, StreamFailed):
                 self._engine_done = True
                 self._outcome = item.code
