@@ -103,6 +103,7 @@ def start_server(flags: str, max_streams: int) -> tuple[subprocess.Popen, str]:
     ws_port = free_port()
     cmd = [sys.executable, "-m", "parakeet_streaming.cli", "serve", "--host", "127.0.0.1",
            "--port", str(free_port()), "--ws-port", str(ws_port), "--status-port", str(free_port()),
+           "--http-port", str(free_port()),
            "--max-num-streams", str(max_streams), *shlex.split(flags)]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})

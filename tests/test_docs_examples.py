@@ -33,7 +33,7 @@ def server(tiny_nemo: Path, tmp_path_factory: pytest.TempPathFactory):
     with open(log, "w") as err:
         proc = subprocess.Popen(
             CLI + ["serve", "--model", str(tiny_nemo), "--host", "127.0.0.1", "--port", "0", "--ws-port", "0",
-                   "--status-port", "0", "--max-num-streams", "4", "--log-level", "warning"],
+                   "--status-port", "0", "--http-port", "0", "--max-num-streams", "4", "--log-level", "warning"],
             stdout=subprocess.PIPE, stderr=err, text=True)
     try:
         while line := proc.stdout.readline():  # "" if the server exits before its banner

@@ -24,6 +24,7 @@ BANNER = re.compile(r"tcp \S+:(\d+)\s+ws \S+:(\d+)\s+status \S+:(\d+)")
 def _start_server(extra: list[str]) -> tuple[subprocess.Popen, dict[str, int]]:
     proc = subprocess.Popen(
         CLI + ["serve", "--host", "127.0.0.1", "--port", "0", "--ws-port", "0", "--status-port", "0",
+               "--http-port", "0",
                "--load-format", "dummy", "--max-num-streams", "2", "--log-level", "warning", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
