@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from client_helpers import offline_transcript
 from server_helpers import engine_factory, running_server, settle  # noqa: F401 - fixture
-from test_loader import write_nemo
 
 from parakeet_streaming.client import (Eou, Error, Hello, ProtocolViolation, Result, ServerError, StreamingClient,
                                        SyncStreamingClient, parse_message, transcribe_file, transcribe_file_sync)
@@ -26,18 +26,11 @@ from parakeet_streaming.client import (Eou, Error, Hello, ProtocolViolation, Res
 pytest.importorskip("parakeet_streaming.engine.engine")
 
 CLIENT = [sys.executable, "-m", "parakeet_streaming.client.cli"]
-SERVER_CLI = [sys.executable, "-m", "parakeet_streaming.cli"]
 
 
 @pytest.fixture(scope="module")
 def expected(tiny_model, speech_wav: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
-    nemo = write_nemo(tiny_model, tmp_path_factory.mktemp("client_model") / "tiny.nemo")
-    out = subprocess.run(SERVER_CLI + ["transcribe", str(speech_wav), "--model", str(nemo)],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    text = out.stdout.strip()
-    assert text
-    return text
+    return offline_transcript(tiny_model, speech_wav, tmp_path_factory.mktemp("client_model"))
 
 
 def url(app) -> str:
