@@ -166,6 +166,32 @@ async def test_local_errors(engine_factory, tiny_model):
             assert [m async for m in client.results()][-1].is_final
 
 
+async def test_api_key_flush_and_timestamps(engine_factory, tiny_model, speech, expected):
+    engine, model = engine_factory(1)
+    async with running_server(engine, model, api_keys=["s3cret"]) as app:
+        with pytest.raises(ServerError) as info:
+            async with StreamingClient(url(app)):
+                pass
+        assert info.value.code == "unauthorized"
+        async with StreamingClient(url(app) + "?timestamps=true", api_key="s3cret") as client:
+            await client.send(speech)
+            await client.flush()
+            flushed, seen = None, []
+            async for msg in client.results():
+                seen.append(msg)
+                if isinstance(msg, Result) and msg.flushed:
+                    flushed = msg
+                    break
+            assert flushed is not None and not flushed.is_final
+            await client.finish()
+            msgs = [m async for m in client.results()]
+        final = msgs[-1]
+        assert final.is_final and final.text == expected and flushed.text == expected
+        words = [w for m in [*seen, *msgs] if isinstance(m, Result) for w in m.words or ()]
+        assert [w.word for w in words] == expected.split()
+        assert all(w.start_ms <= w.end_ms for w in words)
+
+
 # --- sync API --------------------------------------------------------------------------------
 
 

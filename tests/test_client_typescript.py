@@ -15,6 +15,7 @@ pytest.importorskip("parakeet_streaming.engine.engine")
 
 PACKAGE = Path(__file__).resolve().parents[1] / "clients" / "typescript"
 SLOTS = 2
+API_KEY = "ts-test-key"
 
 
 async def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 300) -> str:
@@ -35,8 +36,8 @@ async def test_typescript_client(engine_factory, tiny_model, speech_wav, tmp_pat
     await _run(["npm", "ci", "--no-audit", "--no-fund"], work)
     await _run(["npm", "run", "build"], work)
     engine, model = engine_factory(SLOTS)
-    async with running_server(engine, model) as app:
+    async with running_server(engine, model, api_keys=[API_KEY]) as app:
         env = {**os.environ, "PARAKEET_URL": f"ws://127.0.0.1:{app.ports['ws']}/", "PARAKEET_WAV": str(speech_wav),
-               "PARAKEET_EXPECTED": expected, "PARAKEET_SLOTS": str(SLOTS)}
+               "PARAKEET_EXPECTED": expected, "PARAKEET_SLOTS": str(SLOTS), "PARAKEET_API_KEY": API_KEY}
         out = await _run(["node", "--test", "dist/test/"], work, env)
     assert "# fail 0" in out and "# pass 0" not in out, out

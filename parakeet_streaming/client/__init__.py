@@ -5,11 +5,11 @@
 """
 from parakeet_streaming.client.aio import StreamingClient, Transcript, transcribe_file
 from parakeet_streaming.client.messages import (ClientError, Eou, Error, Hello, Pong, ProtocolViolation, Result,
-                                                ServerError, StreamClosed, parse_message)
+                                                ServerError, StreamClosed, Word, parse_message)
 from parakeet_streaming.client.sync import SyncStreamingClient, transcribe_file_sync
 
 __all__ = [
     "ClientError", "Eou", "Error", "Hello", "Pong", "ProtocolViolation", "Result", "ServerError", "StreamClosed",
     "StreamingClient", "SyncStreamingClient", "Transcript", "parse_message", "transcribe_file",
-    "transcribe_file_sync",
+    "transcribe_file_sync", "Word",
 ]

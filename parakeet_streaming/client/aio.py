@@ -46,11 +46,14 @@ class StreamingClient:
     """One connection = one stream. Use as an async context manager (connects, reads `hello`)."""
 
     def __init__(self, url: str, *, sample_rate: int | None = None, binary: bool | None = None,
-                 open_timeout: float = 10.0) -> None:
+                 api_key: str | None = None, open_timeout: float = 10.0) -> None:
         """`sample_rate`: the rate of the audio you will send (default: the server's, no resampling).
         `binary`: raw binary frames (default: when the server speaks protocol 2 and the URL sets no
-        `encoding`); False sends base64 JSON, which every server version reads."""
+        `encoding`); False sends base64 JSON, which every server version reads.
+        `api_key`: sent as `Authorization: Bearer KEY` (servers started with `--api-key`).
+        Stream options go in the URL, e.g. `ws://host:8000/?timestamps=true`."""
         self.url = url
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
         self.sample_rate = sample_rate
         self._binary = binary
         self._open_timeout = open_timeout
@@ -64,7 +67,8 @@ class StreamingClient:
 
     async def connect(self) -> Hello:
         """Open the connection and read `hello`. Raises ServerError (e.g. `server_full`)."""
-        self._ws = await connect(self.url, max_size=None, compression=None, open_timeout=self._open_timeout)
+        self._ws = await connect(self.url, max_size=None, compression=None, open_timeout=self._open_timeout,
+                                 additional_headers=self._headers)
         try:
             first = await asyncio.wait_for(self._ws.recv(), self._open_timeout)
         except ConnectionClosed as exc:
@@ -119,6 +123,10 @@ class StreamingClient:
         self._finished = True
         await self._send_pcm(self._require_encoder().flush())
         await self.send_message({"type": "close"})
+
+    async def flush(self) -> None:
+        """Ask for everything sent so far to be decoded now; the answer is a Result with `flushed`."""
+        await self.send_message({"type": "flush"})
 
     async def send_message(self, msg: dict[str, Any]) -> None:
         """Send any protocol message as JSON (e.g. `{"type": "ping"}`)."""
@@ -235,10 +243,10 @@ def _real_failure(exc: BaseException | None) -> bool:
 
 async def transcribe_file(url: str, path: str | Path, *, speed: float = 1.0, chunk_ms: int = 100,
                           on_message: Callable[[StreamMessage], None] | None = None,
-                          on_progress: Progress | None = None) -> Transcript:
+                          on_progress: Progress | None = None, api_key: str | None = None) -> Transcript:
     """Stream a WAV file (any rate; resampled to the server's) and return the transcript.
     `speed` 1 streams in real time, 0 as fast as possible."""
     samples, rate = load_audio(path)
-    async with StreamingClient(url, sample_rate=rate) as client:
+    async with StreamingClient(url, sample_rate=rate, api_key=api_key) as client:
         return await client.transcribe(samples, speed=speed, chunk_ms=chunk_ms, on_message=on_message,
                                        on_progress=on_progress)

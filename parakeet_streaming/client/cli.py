@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import signal
 import sys
@@ -96,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print every server message as a JSON line")
     st.add_argument("--speed", type=float, default=1.0, help="file pace: 1 = real time, 0 = as fast as possible")
     st.add_argument("--chunk-ms", type=int, default=100, help="audio per message (default: %(default)s)")
+    st.add_argument("--api-key", default=None, help="API key, for servers started with --api-key "
+                    "(default: $PARAKEET_API_KEY)")
     st.add_argument("--device", default=None, help="input device for --mic (sounddevice name or index)")
     return parser
 
@@ -115,7 +118,7 @@ async def _stream(args: argparse.Namespace, out: TextIO, audio: tuple | None) ->
         text = await _stream_mic(args, on_message, out)
     else:
         samples, rate = audio
-        async with StreamingClient(args.url, sample_rate=rate) as client:
+        async with StreamingClient(args.url, sample_rate=rate, api_key=_api_key(args)) as client:
             _print_hello(client.hello, args.json, out)
             transcript = await client.transcribe(samples, speed=args.speed, chunk_ms=args.chunk_ms,
                                                  on_message=on_message,
@@ -137,7 +140,7 @@ async def _stream_mic(args: argparse.Namespace, on_message: Callable[[StreamMess
     loop.add_signal_handler(signal.SIGINT, stop.set)
     print("listening; Ctrl-C to finish", file=sys.stderr)
     try:
-        async with StreamingClient(args.url, sample_rate=mic.sample_rate) as client:
+        async with StreamingClient(args.url, sample_rate=mic.sample_rate, api_key=_api_key(args)) as client:
             _print_hello(client.hello, args.json, out)
             sender = asyncio.create_task(client.stream_from(mic.blocks(stop)))
             text = ""
@@ -152,6 +155,10 @@ async def _stream_mic(args: argparse.Namespace, on_message: Callable[[StreamMess
             return text
     finally:
         loop.remove_signal_handler(signal.SIGINT)
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    return args.api_key or os.environ.get("PARAKEET_API_KEY") or None
 
 
 def _print_hello(hello: Hello, as_json: bool, out: TextIO) -> None:

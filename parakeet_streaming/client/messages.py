@@ -42,6 +42,14 @@ class Hello:
 
 
 @dataclass(frozen=True)
+class Word:
+    word: str
+    start_ms: int
+    end_ms: int
+    confidence: float | None = None
+
+
+@dataclass(frozen=True)
 class Result:
     stream_id: int
     text: str  # the whole transcript so far
@@ -50,7 +58,9 @@ class Result:
     is_final: bool
     audio_ms: int | None = None
     utterance: int | None = None
-    flushed: bool = False
+    flushed: bool = False  # the answer to a flush request
+    token_start_ms: tuple[int, ...] | None = None  # with ?timestamps=true
+    words: tuple[Word, ...] | None = None  # with ?timestamps=true
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -61,6 +71,8 @@ class Eou:
     text: str  # this utterance only
     audio_ms: int | None = None
     backchannel: bool = False
+    reason: str | None = None  # what ended the utterance, e.g. the model's token or silence
+    words: tuple[Word, ...] | None = None  # with ?timestamps=true
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -95,10 +107,11 @@ def parse_message(data: str | bytes | dict[str, Any]) -> Message | None:
         if kind == "result":
             return Result(int(obj["stream_id"]), str(obj["text"]), tuple(obj.get("token_ids") or ()),
                           tuple(obj.get("confidence_scores") or ()), bool(obj["is_final"]), obj.get("audio_ms"),
-                          obj.get("utterance"), bool(obj.get("flushed", False)), obj)
+                          obj.get("utterance"), bool(obj.get("flushed", False)), _opt_tuple(obj.get("token_start_ms")),
+                          _words(obj.get("words")), obj)
         if kind == "eou":
             return Eou(int(obj["stream_id"]), int(obj["utterance"]), str(obj.get("text", "")), obj.get("audio_ms"),
-                       bool(obj.get("backchannel", False)), obj)
+                       bool(obj.get("backchannel", False)), obj.get("reason"), _words(obj.get("words")), obj)
         if kind == "error":  # protocol 1 errors carry only a message
             return Error(str(obj.get("code") or "error"), str(obj.get("message", "")), bool(obj.get("fatal", False)),
                          obj)
@@ -107,6 +120,16 @@ def parse_message(data: str | bytes | dict[str, Any]) -> Message | None:
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolViolation(f"malformed {kind!r} message ({exc!r}): {obj}") from exc
     return None
+
+
+def _opt_tuple(value: Any) -> tuple | None:
+    return None if value is None else tuple(value)
+
+
+def _words(value: Any) -> tuple[Word, ...] | None:
+    if value is None:
+        return None
+    return tuple(Word(str(w["word"]), int(w["start_ms"]), int(w["end_ms"]), w.get("confidence")) for w in value)
 
 
 def _load(data: str | bytes) -> dict[str, Any]:

@@ -66,6 +66,9 @@ class SyncStreamingClient:
     def finish(self) -> None:
         self._run(self._client.finish())
 
+    def flush(self) -> None:
+        self._run(self._client.flush())
+
     def send_message(self, msg: dict[str, Any]) -> None:
         self._run(self._client.send_message(msg))
 

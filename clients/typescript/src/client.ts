@@ -34,6 +34,8 @@ export interface ClientOptions {
   sampleRate?: number;
   /** Raw binary frames (default when the server speaks protocol 2); false sends base64 JSON. */
   binary?: boolean;
+  /** API key for servers started with --api-key; sent as `?token=` (browsers cannot set headers). */
+  apiKey?: string;
   /** A WebSocket implementation; default: the global one, else the `ws` package. */
   WebSocket?: WebSocketConstructor;
   openTimeoutMs?: number;
@@ -85,7 +87,7 @@ export class StreamingClient {
   /** Connect and wait for `hello`. Rejects with ServerError (e.g. code "server_full"). */
   static async connect(url: string, options: ClientOptions = {}): Promise<StreamingClient> {
     const Impl = options.WebSocket ?? (await defaultWebSocket());
-    const ws = new Impl(withQuery(url, options.sampleRate));
+    const ws = new Impl(withQuery(url, { sample_rate: options.sampleRate, token: options.apiKey }));
     ws.binaryType = "arraybuffer";
     const client = new StreamingClient(ws, options);
     await client.waitForHello(url, options.openTimeoutMs ?? 10_000);
@@ -115,6 +117,11 @@ export class StreamingClient {
     if (this.finished) return;
     this.finished = true;
     this.sendMessage({ type: "close" });
+  }
+
+  /** Decode everything sent so far now; the answer is a result with `flushed: true`. */
+  flush(): void {
+    this.sendMessage({ type: "flush" });
   }
 
   /** Send any protocol message as JSON, e.g. `{type: "ping"}`. */
@@ -245,10 +252,9 @@ function toError(msg: ErrorMessage, final?: Result): ServerError {
   return new ServerError(msg.code, msg.message, msg.fatal, final);
 }
 
-function withQuery(url: string, sampleRate?: number): string {
-  if (sampleRate === undefined) return url;
+function withQuery(url: string, params: Record<string, string | number | undefined>): string {
   const u = new URL(url);
-  u.searchParams.set("sample_rate", String(sampleRate));
+  for (const [key, value] of Object.entries(params)) if (value !== undefined) u.searchParams.set(key, String(value));
   return u.toString();
 }
 

@@ -10,4 +10,4 @@ export type {
   WebSocketLike,
 } from "./client.js";
 export { parseMessage, ProtocolViolationError, ServerError, StreamClosedError } from "./messages.js";
-export type { Eou, ErrorMessage, Hello, Pong, Result, ServerMessage } from "./messages.js";
+export type { Eou, ErrorMessage, Hello, Pong, Result, ServerMessage, Word } from "./messages.js";

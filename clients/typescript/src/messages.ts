@@ -11,6 +11,14 @@ export interface Hello {
   chunk_ms?: number;
 }
 
+/** Word timing, sent when the stream asked for timestamps (`?timestamps=true`). */
+export interface Word {
+  word: string;
+  start_ms: number;
+  end_ms: number;
+  confidence?: number;
+}
+
 export interface Result {
   type: "result";
   stream_id: number;
@@ -20,7 +28,9 @@ export interface Result {
   is_final: boolean;
   audio_ms?: number;
   utterance?: number;
-  flushed?: boolean;
+  flushed?: boolean; // the answer to a flush request
+  token_start_ms?: number[]; // with ?timestamps=true
+  words?: Word[]; // with ?timestamps=true
 }
 
 export interface Eou {
@@ -30,6 +40,8 @@ export interface Eou {
   text: string; // this utterance only
   audio_ms?: number;
   backchannel?: boolean;
+  reason?: string; // what ended the utterance
+  words?: Word[]; // with ?timestamps=true
 }
 
 export interface ErrorMessage {

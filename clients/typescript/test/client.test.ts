@@ -3,6 +3,7 @@
 //   PARAKEET_WAV       a 16 kHz mono pcm16 WAV file
 //   PARAKEET_EXPECTED  the transcript `parakeet-server transcribe` gives for it
 //   PARAKEET_SLOTS     the server's --max-num-streams
+//   PARAKEET_API_KEY   the server's --api-key
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
@@ -27,6 +28,7 @@ const env = (name: string): string => {
 const URL_ = env("PARAKEET_URL");
 const EXPECTED = env("PARAKEET_EXPECTED");
 const SLOTS = Number(env("PARAKEET_SLOTS"));
+const apiKey = env("PARAKEET_API_KEY");
 const wav = decodeWav(new Uint8Array(readFileSync(env("PARAKEET_WAV"))));
 
 test("parseMessage ignores unknown fields and types, rejects malformed", () => {
@@ -57,7 +59,7 @@ test("decodeWav reads the test file", () => {
 for (const binary of [true, false]) {
   test(`transcribe (binary=${binary}) gives the offline transcript`, async () => {
     const seen: StreamMessage[] = [];
-    const t = await transcribe(URL_, wav.samples, { speed: 0, binary, onMessage: (m) => seen.push(m) });
+    const t = await transcribe(URL_, wav.samples, { apiKey, speed: 0, binary, onMessage: (m) => seen.push(m) });
     assert.equal(t.text, EXPECTED);
     assert.equal(t.hello.protocol, 2);
     assert.ok(t.final.is_final);
@@ -69,7 +71,7 @@ for (const binary of [true, false]) {
 }
 
 test("paced streaming with messages() and progress", async () => {
-  const client = await StreamingClient.connect(URL_);
+  const client = await StreamingClient.connect(URL_, { apiKey });
   const progress: number[] = [];
   const started = Date.now();
   const sending = client.stream(wav.samples, { speed: 4, chunkMs: 200, onProgress: (s) => progress.push(s) });
@@ -84,14 +86,14 @@ test("paced streaming with messages() and progress", async () => {
 });
 
 test("a declared sample rate is announced back in hello", async () => {
-  const client = await StreamingClient.connect(URL_, { sampleRate: 48000 });
+  const client = await StreamingClient.connect(URL_, { apiKey, sampleRate: 48000 });
   assert.equal(client.hello.sample_rate, 48000);
   client.finish();
   assert.equal((await client.done).is_final, true);
 });
 
 test("a non-fatal error is reported and the stream goes on", async () => {
-  const client = await StreamingClient.connect(URL_);
+  const client = await StreamingClient.connect(URL_, { apiKey });
   client.sendAudio(wav.samples.subarray(0, 8000));
   client.sendMessage({ type: "bogus" });
   client.sendAudio(wav.samples.subarray(8000));
@@ -103,7 +105,7 @@ test("a non-fatal error is reported and the stream goes on", async () => {
 });
 
 test("aborting before the final result rejects done with StreamClosedError", async () => {
-  const client = await StreamingClient.connect(URL_);
+  const client = await StreamingClient.connect(URL_, { apiKey });
   client.sendAudio(wav.samples.subarray(0, 8000));
   client.close();
   await assert.rejects(client.done, StreamClosedError);
@@ -113,7 +115,7 @@ test("aborting before the final result rejects done with StreamClosedError", asy
 async function connectRetrying(): Promise<StreamingClient> {
   for (let attempt = 0; ; attempt++) {
     try {
-      return await StreamingClient.connect(URL_);
+      return await StreamingClient.connect(URL_, { apiKey });
     } catch (err) {
       if (!(err instanceof ServerError && err.code === "server_full") || attempt >= 50) throw err;
       await new Promise((resolve) => setTimeout(resolve, 100));
@@ -124,12 +126,40 @@ async function connectRetrying(): Promise<StreamingClient> {
 test("server_full surfaces as ServerError with its code", async () => {
   const open: StreamingClient[] = [];
   for (let i = 0; i < SLOTS; i++) open.push(await connectRetrying());
-  await assert.rejects(StreamingClient.connect(URL_), (err: unknown) => {
+  await assert.rejects(StreamingClient.connect(URL_, { apiKey }), (err: unknown) => {
     assert.ok(err instanceof ServerError);
     assert.equal(err.code, "server_full");
     return true;
   });
   for (const c of open) c.close();
+});
+
+test("a missing or wrong API key is rejected with code unauthorized", async () => {
+  for (const key of [undefined, "wrong"]) {
+    await assert.rejects(StreamingClient.connect(URL_, { apiKey: key }), (err: unknown) => {
+      assert.ok(err instanceof ServerError);
+      assert.equal(err.code, "unauthorized");
+      return true;
+    });
+  }
+});
+
+test("flush answers with a flushed result; timestamps give words", async () => {
+  const client = await StreamingClient.connect(`${URL_}?timestamps=true`, { apiKey });
+  client.sendAudio(wav.samples);
+  client.flush();
+  const words: string[] = [];
+  let flushed: string | undefined;
+  for await (const msg of client.messages()) {
+    if (msg.type !== "result") continue;
+    words.push(...(msg.words ?? []).map((w) => w.word));
+    if (msg.flushed) {
+      flushed = msg.text;
+      client.finish();
+    }
+  }
+  assert.equal(flushed, EXPECTED);
+  assert.deepEqual(words, EXPECTED.split(" "));
 });
 
 test("connection refused rejects", async () => {
