@@ -20,6 +20,7 @@ Model state is not reset at a silence endpoint (as at `<EOU>`): only the utteran
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from bisect import insort
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,11 +124,20 @@ _JIT_NAMES = {
 
 
 def load_silero() -> SileroVAD:
-    """Silero VAD's 16 kHz weights, read from the TorchScript file (no torchaudio/onnxruntime)."""
-    jit = torch.jit.load(str(silero_weights_dir() / "silero_vad.jit"), map_location="cpu")
-    tensors = {**dict(jit._model.named_parameters()), **dict(jit._model.named_buffers())}
+    """Silero VAD's 16 kHz weights, read from the TorchScript file (no torchaudio/onnxruntime); if this
+    torch cannot load TorchScript any more, the package's .safetensors copy (older weights)."""
+    from safetensors.torch import load_file
+
     net = SileroVAD()
-    net.load_state_dict({ours: tensors[theirs].detach().clone() for theirs, ours in _JIT_NAMES.items()})
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            jit = torch.jit.load(str(silero_weights_dir() / "silero_vad.jit"), map_location="cpu")
+        tensors = {**dict(jit._model.named_parameters()), **dict(jit._model.named_buffers())}
+        state = {ours: tensors[theirs].detach().clone() for theirs, ours in _JIT_NAMES.items()}
+    except (AttributeError, RuntimeError, KeyError):
+        state = load_file(str(silero_weights_dir() / "silero_vad_16k.safetensors"))
+    net.load_state_dict(state)
     return net.eval()
 
 
