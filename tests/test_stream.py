@@ -32,8 +32,8 @@ def out(tokens: list[int], done: bool = False, covered: int = 16000) -> StepOutp
 def test_plain_tokens_make_one_result(tok) -> None:
     s = make_stream(tok)
     a, b = word(tok, "▁a"), word(tok, "b")
-    (ev,) = s.events(out([a, b], covered=8000))
-    assert ev == Result(7, "ab", [a, b], [0.5, 0.51], [10, 11], 500, 0, token_start_ms=[800, 880])
+    (ev,) = s.events(out([a, b], covered=16000))
+    assert ev == Result(7, "ab", [a, b], [0.5, 0.51], [10, 11], 1000, 0, token_start_ms=[800, 880])
     assert s.events(out([])) == []  # nothing new, nothing sent
 
 
@@ -89,3 +89,28 @@ def test_model_without_eou_never_splits() -> None:
     s = make_stream(tok)
     events = s.events(out(list(range(1, 30)), done=True))
     assert len(events) == 1 and events[0].utterance == 0
+
+
+def test_a_token_on_the_padded_last_frame_starts_inside_the_audio(tok) -> None:
+    a = word(tok, "▁a")
+    step = StepOutput(slot=0, token_ids=[a], confidences=[0.9], token_frames=[13], frames_decoded=14,
+                      samples_covered=16000, done=True)  # 1000 ms of audio, 14 frames (the last padded)
+    (final,) = make_stream(tok).events(step)
+    assert final.token_start_ms == [960] and final.words[0].end_ms == 1000
+
+
+def test_silence_endpoint_splits_a_step_between_tokens(tok) -> None:
+    from parakeet_streaming.endpointing import EndpointConfig, Endpointer
+
+    s = Stream(id=7, slot=0, sink=lambda e: None, tokenizer=tok, sample_rate=16000,
+               endpointer=Endpointer(EndpointConfig(500, "vad")))
+    s.endpointer.on_vad(0, 32, [0.9] * 25 + [0.1] * 20)  # speech until 800 ms: endpoint at 1300
+    a, b, c = word(tok, "▁a"), word(tok, "b"), word(tok, "▁c")
+    step = StepOutput(slot=0, token_ids=[a, b, c], confidences=[0.9, 0.8, 0.7], token_frames=[8, 9, 17],
+                      frames_decoded=20, samples_covered=26000)
+    r0, end, r1 = s.events(step)
+    assert r0.token_ids == [a, b] and r0.utterance == 0 and r0.words == []
+    assert (end.reason, end.audio_ms, end.text, end.utterance) == ("silence", 1300, "ab", 0)
+    assert [(w.word, w.start_ms, w.end_ms, w.confidence) for w in end.words] == [("ab", 640, 800, 0.8)]
+    assert r1.token_ids == [c] and r1.utterance == 1 and r1.token_start_ms == [1360]
+    assert s.events(StepOutput(slot=0, frames_decoded=40, samples_covered=52000)) == []  # once per pause

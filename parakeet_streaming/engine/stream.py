@@ -63,7 +63,10 @@ class Stream:
         """The events one step's output makes, in order; the final (or flushed) Result last when `out.done`."""
         audio_ms = self.audio_ms(self.covered(out))
         seg_ms = self.audio_ms(self.seg_start)
-        ms = [seg_ms + f * self.frame_ms for f in out.token_frames]
+        # The encoder's last frame of a segment may lie partly past the audio (padding): a token on
+        # it starts at the last frame start inside the audio, so every start is < audio_ms.
+        last = seg_ms + max(0, audio_ms - seg_ms - 1) // self.frame_ms * self.frame_ms
+        ms = [min(seg_ms + f * self.frame_ms, last) for f in out.token_frames]
         events: list[Event] = []
         start, words = 0, []
         for i, tok in enumerate(out.token_ids):
@@ -79,7 +82,7 @@ class Stream:
         start, words = self._silence_ends(events, out, ms, start, n, words,
                                           limit=seg_ms + out.frames_decoded * self.frame_ms)
         if out.done:
-            words += self._words.close()
+            words += self._words.close(limit_ms=audio_ms)
         if start < n or out.done:
             events.append(self._result(out, ms, start, n, audio_ms, words, final=out.done and not self.flushing,
                                        flushed=out.done and self.flushing))

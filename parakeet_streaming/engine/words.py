@@ -48,11 +48,12 @@ class WordBuilder:
         self._last, self._conf = start_ms, min(self._conf, confidence)
         return done
 
-    def close(self) -> list[Word]:
-        """End the open word (utterance, segment or stream over)."""
+    def close(self, limit_ms: int | None = None) -> list[Word]:
+        """End the open word (utterance, segment or stream over); `limit_ms`: where the audio ends."""
         if not self._ids:
             return []
         text = self.tokenizer.decode(self._ids).strip()
-        word = Word(text, self._start, self._last + self.frame_ms, self._conf)
+        end = self._last + self.frame_ms if limit_ms is None else min(self._last + self.frame_ms, limit_ms)
+        word = Word(text, self._start, end, self._conf)
         self._ids = []
         return [word] if text else []
