@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from server_helpers import (TIMEOUT, engine_factory, finals, open_client, open_stream, running_server,  # noqa: F401
                             settle, transcribe_over)
@@ -120,3 +121,24 @@ async def test_two_servers_have_separate_registries(engine_factory, short_speech
         ma, mb = await metrics(a), await metrics(b)
         assert ma[("parakeet_audio_seconds_total", ())] > 0
         assert mb[("parakeet_audio_seconds_total", ())] == 0
+
+
+async def test_a_busy_port_is_a_clear_startup_error(engine_factory):
+    import socket
+
+    from parakeet_streaming.config import ServerConfig
+    from parakeet_streaming.server.app import App
+    from parakeet_streaming.server.security import StartupError
+
+    engine, model = engine_factory(1)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = ServerConfig(host="127.0.0.1", port=0, ws_port=0, status_port=0, http_port=port)
+        app = App(config, engine)
+        with pytest.raises(StartupError, match="cannot listen"):
+            await app.start()
+        # the listeners opened before the failure are closed again
+        for server in app._servers.values():
+            assert not server.is_serving()

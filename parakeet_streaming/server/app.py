@@ -44,12 +44,19 @@ class App:
         self._ssl = ssl_context(self.config)
 
     async def start(self) -> None:
+        """Open every listener; StartupError (and nothing left open) if a port cannot be bound."""
         c, tls = self.config, self._ssl
-        self._servers["tcp"] = await serve_tcp(self.ctx, c.host, c.port, tls)
-        self._servers["ws"] = await serve_ws(self.ctx, c.host, c.ws_port, tls)
-        self._servers["status"] = await serve_status(self.ctx, c.host, c.status_port, tls)
+        try:
+            self._servers["tcp"] = await serve_tcp(self.ctx, c.host, c.port, tls)
+            self._servers["ws"] = await serve_ws(self.ctx, c.host, c.ws_port, tls)
+            self._servers["status"] = await serve_status(self.ctx, c.host, c.status_port, tls)
+            self._http = await serve_http(self.ctx, c.host, c.http_port, tls)
+        except OSError as exc:
+            for server in self._servers.values():
+                server.close()
+                await asyncio.wait_for(server.wait_closed(), 5)
+            raise StartupError(f"cannot listen: {exc}") from exc
         self.ports = {name: server.sockets[0].getsockname()[1] for name, server in self._servers.items()}
-        self._http = await serve_http(self.ctx, c.host, c.http_port, tls)
         self.ports["http"] = self._http.port
 
     def stop_accepting(self) -> None:
@@ -63,8 +70,7 @@ class App:
         """Graceful shutdown: stop accepting, let open streams end on their own for up to `seconds`,
         then stop() the rest (they are finalized and still get their final result)."""
         self.stop_accepting()
-        if self.ctx.sessions:
-            log.info("draining: %d open streams get up to %g s to finish", len(self.ctx.sessions), seconds)
+        log.info("shutting down: %d open streams get up to %g s to finish", len(self.ctx.sessions), seconds)
         await self._wait_for_sessions(seconds)
         await self.stop()
 
@@ -129,7 +135,6 @@ async def serve(config: ServerConfig, model: Any | None = None) -> int:
         await app.start()
         print(app.banner(config.device), flush=True)
         await _wait_for_signal()
-        log.info("shutting down: draining %d streams", len(app.ctx.sessions))
         await app.drain(config.drain_seconds)
     finally:
         await asyncio.to_thread(engine.shutdown)
