@@ -1,0 +1,91 @@
+"""docs/examples/endpointing.py and timestamps.py against a real `parakeet-server serve` subprocess
+(tiny random-weight model in a .nemo file, silence endpointing on)."""
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_docs_examples import BANNER, CLI, EXAMPLES, TIMEOUT, expected, tiny_nemo  # noqa: F401
+from test_endpointing import PAUSE_S, sentences, speech_end_ms  # noqa: F401
+
+SILENCE_MS = 500
+
+
+def write_wav(path: Path, samples: np.ndarray) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(np.clip(np.round(samples * 32768), -32768, 32767).astype("<i2").tobytes())
+    return path
+
+
+def offline_text(nemo: Path, wav: Path) -> str:
+    out = subprocess.run(CLI + ["transcribe", str(wav), "--model", str(nemo)], capture_output=True, text=True,
+                         timeout=TIMEOUT)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.rstrip("\n")
+
+
+@pytest.fixture(scope="module")
+def ws_url(tiny_nemo: Path, tmp_path_factory: pytest.TempPathFactory):
+    log = tmp_path_factory.mktemp("feature_server") / "stderr.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            CLI + ["serve", "--model", str(tiny_nemo), "--host", "127.0.0.1", "--port", "0", "--ws-port", "0",
+                   "--status-port", "0", "--http-port", "0", "--max-num-streams", "2", "--log-level", "warning",
+                   "--endpoint-silence-ms", str(SILENCE_MS)],
+            stdout=subprocess.PIPE, stderr=err, text=True)
+    try:
+        while line := proc.stdout.readline():
+            if m := BANNER.search(line):
+                break
+        else:
+            pytest.fail(f"server exited early ({proc.wait(10)}): {log.read_text()}")
+        yield f"ws://127.0.0.1:{m.group(2)}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run(script: str, *args: str) -> list[str]:
+    out = subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True,
+                         timeout=TIMEOUT)
+    assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
+    return out.stdout.splitlines()
+
+
+def test_endpointing_example(ws_url, tiny_nemo, sentences, tmp_path) -> None:
+    a, b = sentences
+    wav = write_wav(tmp_path / "paused.wav", np.concatenate([a, np.zeros(int(PAUSE_S * 16000), np.float32), b]))
+    lines = run("endpointing.py", str(wav), "--url", ws_url, "--speed", "0")
+    silence = [int(m.group(1)) for line in lines if (m := re.match(r"eou \d+ \(silence\) at (\d+) ms: ", line))]
+    end = speech_end_ms(a)
+    assert any(end + SILENCE_MS - 100 <= ms <= end + SILENCE_MS + 100 for ms in silence), lines
+    assert lines[-1] == f"final: {offline_text(tiny_nemo, wav)}"
+
+
+def test_timestamps_example_with_a_flush(ws_url, tiny_nemo, speech_wav, tmp_path) -> None:
+    from conftest import read_wav
+
+    lines = run("timestamps.py", str(speech_wav), "--url", ws_url, "--speed", "0", "--flush-at", "1.5")
+    head = write_wav(tmp_path / "head.wav", read_wav(speech_wav)[:24000])
+    (flushed,) = [line for line in lines if line.startswith("flushed: ")]
+    assert flushed == f"flushed: {offline_text(tiny_nemo, head)}"
+    words = [line.split(" ", 3) for line in lines if line.startswith("word ")]
+    assert len(words) >= 3
+    spans = [tuple(map(int, w[1].split("-"))) for w in words]
+    assert all(s < e for s, e in spans) and [s for s, _ in spans] == sorted(s for s, _ in spans)
+    final = lines[-1].removeprefix("final: ")
+    # random tokens may start the segment after the flush mid-word: compare without spaces
+    assert "".join(w[3] for w in words).replace(" ", "") == final.replace(" ", "")
