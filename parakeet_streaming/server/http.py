@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from parakeet_streaming.server import protocol as proto
+from parakeet_streaming.server import transcriptions
 from parakeet_streaming.server.metrics import CONTENT_TYPE
 from parakeet_streaming.server.security import bearer_token
 from parakeet_streaming.server.session import ServerContext
@@ -37,6 +38,7 @@ def build_http_app(ctx: ServerContext) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    transcriptions.add_routes(app)
     return app
 
 
