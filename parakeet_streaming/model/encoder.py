@@ -10,6 +10,8 @@ State lives in preallocated per-slot storage (`EncoderState`) and is updated in 
   attention, the projections being linear), in a ring of N = C + T_chunk frames per slot: encoder
   frame f of a stream lives at ring position f mod N, so a step writes only its T new frames and
   nothing is shifted, concatenated or copied back.
+  Stored per head, (L, S, H, N, dk), so a step's keys of contiguous slots are one strided view
+  that the attention matmuls read without copying.
 - `time` (L, S, D, K-1): the last K-1 post-GLU frames of each convolution module.
 - `frames` (S,): encoder frames each slot has seen; ring positions and validity follow from it.
 """
@@ -27,8 +29,8 @@ from parakeet_streaming.config import EncoderConfig
 
 @dataclass
 class EncoderState:
-    key: Tensor  # (L, S, N, D) ring of projected keys
-    value: Tensor  # (L, S, N, D) ring of projected values
+    key: Tensor  # (L, S, H, N, dk) ring of projected keys
+    value: Tensor  # (L, S, H, N, dk) ring of projected values
     time: Tensor  # (L, S, D, K-1)
     frames: Tensor  # (S,) int64
 
@@ -39,8 +41,9 @@ class EncoderState:
     def ordered(self, store: Tensor, slot: int, layer: int, context: int) -> Tensor:
         """The last min(frames, context) entries of `key` or `value` for a slot, oldest first
         (what NeMo's attention cache holds, projected), for inspection and tests."""
-        n, f = store.size(2), int(self.frames[slot])
-        return store[layer, slot, [i % n for i in range(max(0, f - context), f)]]
+        n, f = store.size(3), int(self.frames[slot])
+        rows = store[layer, slot][:, [i % n for i in range(max(0, f - context), f)]]  # (H, n, dk)
+        return rows.transpose(0, 1).reshape(rows.size(1), -1)
 
 
 @dataclass
@@ -49,7 +52,8 @@ class StepBatch:
 
     idx: Tensor  # (B,) slot of each batch row
     rows: slice | Tensor  # a slice when the slots are contiguous (views, no copies), else idx
-    write_flat: Tensor  # (n_valid,) flat (slot * N + ring position) of each valid new frame
+    write_slot: Tensor  # (n_valid,) slot of each valid new frame
+    write_pos: Tensor  # (n_valid,) its ring position
     write_src: Tensor  # (n_valid,) flat (b * T + t) of the same frames in the step's (B*T) rows
     ring_index: Tensor  # (B, 1, T, N) column of each ring key in the positional scores
     att_mask: Tensor  # (B, T, N) True = masked
@@ -63,14 +67,23 @@ def conv_out_length(length: Tensor) -> Tensor:
 
 
 class CausalConv2d(nn.Conv2d):
-    """Stride-2 conv padded only on the past side in time (and 2/1 in frequency)."""
+    """Stride-2 conv padded only on the past side in time (and 2/1 in frequency).
+
+    Computed as a conv with symmetric padding 2 whose extra last row/column is dropped: the same
+    windows, without materialising a padded copy of the input."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(F.pad(x, (2, 1, 2, 1)))
+        t, f = x.shape[2:]
+        y = F.conv2d(x, self.weight, self.bias, stride=2, padding=2, groups=self.groups)
+        return y[:, :, : t // 2 + 1, : f // 2 + 1]
 
 
 class Subsampling(nn.Module):
-    """dw_striding causal subsampling: time and frequency shrink by `factor` (a power of 2)."""
+    """dw_striding causal subsampling: time and frequency shrink by `factor` (a power of 2).
+
+    Module layout is NeMo's (conv.0 = first conv, then [depthwise, pointwise, ReLU] per stage).
+    The forward pass keeps activations channels-last (B, T, F, C), where oneDNN's depthwise conv is
+    fast and the pointwise convs are plain matmuls; the first stage is a matmul over 3x3 patches."""
 
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
@@ -85,20 +98,34 @@ class Subsampling(nn.Module):
         self.out = nn.Linear(ch * freq, cfg.d_model)
 
     def forward(self, mel: Tensor, length: Tensor) -> tuple[Tensor, Tensor]:
-        """mel (B, T, F) -> (B, T', D). Frames at or past `length` are zeroed before every conv,
+        """mel (B, T, F) -> (B, T', D). Every stage's output is zero at and past its valid length,
         so a padded batch gives each stream what it would get alone."""
-        x = mel.unsqueeze(1)
-        for layer in self.conv:
-            if isinstance(layer, nn.Conv2d):
-                x = x * _time_mask(length, x.size(2)).view(-1, 1, x.size(2), 1).to(x.dtype)
-                x = layer(x)
-                if layer.stride[0] == 2:
-                    length = conv_out_length(length)
-            else:
-                x = layer(x)
-        x = x * _time_mask(length, x.size(2)).view(-1, 1, x.size(2), 1).to(x.dtype)
-        b, c, t, f = x.shape
-        return self.out(x.transpose(1, 2).reshape(b, t, c * f)), length
+        mel = mel * _time_mask(length, mel.size(1)).unsqueeze(2).to(mel.dtype)
+        length = conv_out_length(length)
+        x = self._first_stage(mel, length)  # (B, T1, F1, C)
+        stages = list(self.conv)[2:]
+        for depthwise, pointwise in zip(stages[0::3], stages[1::3]):
+            y = depthwise(x.permute(0, 3, 1, 2))  # a channels-last view in, channels-last out
+            length = conv_out_length(length)
+            w = pointwise.weight.view(pointwise.out_channels, -1)
+            x = F.linear(y.permute(0, 2, 3, 1), w, pointwise.bias).relu_()
+            x.mul_(_time_mask(length, x.size(1)).view(-1, x.size(1), 1, 1).to(x.dtype))
+        b, t, f, c = x.shape
+        return self.out(x.transpose(2, 3).reshape(b, t, c * f)), length
+
+    def _first_stage(self, mel: Tensor, out_length: Tensor) -> Tensor:
+        """Conv 1 -> C channels as one matmul over the 3x3 patches, plus a constant-1 column for the
+        bias; patches of padded output frames are zeroed, so those outputs are exactly 0."""
+        conv = self.conv[0]
+        b, t, f = mel.shape
+        h, w = t // 2 + 1, f // 2 + 1
+        xp = F.pad(mel, (2, 1, 2, 1))
+        cols = [xp[:, i:i + 2 * h - 1:2, j:j + 2 * w - 1:2] for i in range(3) for j in range(3)]
+        cols.append(torch.ones_like(cols[0]))
+        patches = torch.stack(cols, dim=-1)  # (B, H, W, 10)
+        patches.mul_(_time_mask(out_length, h).view(b, h, 1, 1).to(patches.dtype))
+        weight = torch.cat([conv.weight.view(conv.out_channels, 9), conv.bias.view(-1, 1)], dim=1)
+        return torch.matmul(patches, weight.t()).relu_()
 
 
 def _time_mask(length: Tensor, size: int) -> Tensor:
@@ -169,19 +196,19 @@ class RelPositionAttention(nn.Module):
         relative position to each query."""
         b, t, d = a.shape
         for store, proj in ((key, self.linear_k), (value, self.linear_v)):
-            flat = store.view(-1, d)
-            flat[batch.write_flat] = proj(a).reshape(-1, d)[batch.write_src]
-        n = key.size(1)
-        k = key[batch.rows].view(b, n, self.h, self.dk).transpose(1, 2)
-        v = value[batch.rows].view(b, n, self.h, self.dk).transpose(1, 2)
+            new = proj(a).view(b * t, self.h, self.dk)[batch.write_src]
+            store[batch.write_slot, :, batch.write_pos] = new
+        k, v = key[batch.rows], value[batch.rows]  # (B, H, N, dk)
         q = self.linear_q(a).view(b, t, self.h, self.dk)
         p = self.project_positions(batch.pos)  # (H, W, dk)
         ac = torch.matmul((q + bias_u).transpose(1, 2), k.transpose(-2, -1))  # (B,H,T,N)
-        bd = torch.matmul((q + bias_v).transpose(1, 2), p.transpose(-2, -1))  # (B,H,T,W)
+        # Positional scores as one (H, B*T, W) batched matmul: no broadcast copy of p per stream.
+        qv = (q + bias_v).permute(2, 0, 1, 3).reshape(self.h, b * t, self.dk)
+        bd = torch.bmm(qv, p.transpose(1, 2)).view(self.h, b, t, -1).transpose(0, 1)  # (B,H,T,W)
         bd = torch.gather(bd, 3, batch.ring_index.expand(-1, self.h, -1, -1))
         scores = (ac + bd) / math.sqrt(self.dk)
         m = batch.att_mask.unsqueeze(1)
-        attn = torch.softmax(scores.masked_fill(m, -10000.0), dim=-1).masked_fill(m, 0.0)
+        attn = torch.softmax(scores.masked_fill_(m, -10000.0), dim=-1).masked_fill_(m, 0.0)
         out = torch.matmul(attn, v).transpose(1, 2).reshape(b, t, self.h * self.dk)
         return self.linear_out(out)
 
@@ -199,14 +226,13 @@ class ConvModule(nn.Module):
     def forward(self, x: Tensor, cache: Tensor, batch: StepBatch) -> Tensor:
         """x (B,T,D); cache (S,D,K-1) per slot, updated in place with the last K-1 GLU frames
         (padded frames zeroed, as NeMo does)."""
-        g = F.glu(self.pointwise_conv1(x.transpose(1, 2)), dim=1)
-        g = g.masked_fill(batch.pad.unsqueeze(1), 0.0)
-        full = torch.cat([cache[batch.rows], g], dim=2)
+        pw1, pw2 = self.pointwise_conv1, self.pointwise_conv2  # 1x1 convs, applied as matmuls
+        g = F.glu(F.linear(x, pw1.weight.view(pw1.out_channels, -1), pw1.bias), dim=-1)
+        g = g.masked_fill(batch.pad.unsqueeze(2), 0.0)
+        full = torch.cat([cache[batch.rows], g.transpose(1, 2)], dim=2)
         cache[batch.rows] = full[:, :, -cache.size(2):]
-        y = self.depthwise_conv(full)
-        y = self.batch_norm(y.transpose(1, 2)).transpose(1, 2)
-        y = self.pointwise_conv2(F.silu(y))
-        return y.transpose(1, 2)
+        y = self.batch_norm(self.depthwise_conv(full).transpose(1, 2))
+        return F.linear(F.silu(y), pw2.weight.view(pw2.out_channels, -1), pw2.bias)
 
 
 class ConformerLayer(nn.Module):
@@ -253,7 +279,7 @@ class ConformerEncoder(nn.Module):
         """Storage for `slots` streams whose chunks have at most `chunk_frames` encoder frames."""
         c = self.cfg
         ring = c.left_context + chunk_frames
-        kv = (c.n_layers, slots, ring, c.d_model)
+        kv = (c.n_layers, slots, c.n_heads, ring, c.d_model // c.n_heads)
         return EncoderState(
             key=torch.zeros(kv, device=device, dtype=dtype),
             value=torch.zeros(kv, device=device, dtype=dtype),
@@ -280,7 +306,7 @@ class ConformerEncoder(nn.Module):
         Window position j = 0 is the oldest of the C cache frames, the chunk starts at j = C
         (NeMo's layout). A ring key holding stream frame f sits at j = f - (head - C), where head is
         the number of frames the slot had seen before this step."""
-        c, n, dev = self.cache_size, state.key.size(2), idx.device
+        c, n, dev = self.cache_size, state.key.size(3), idx.device
         if t > n - c:
             raise ValueError(f"a chunk of {t} frames does not fit a ring of {n} with {c} of context")
         head = state.frames[idx]  # (B,)
@@ -288,7 +314,8 @@ class ConformerEncoder(nn.Module):
         tt = torch.arange(t, device=dev)
         new_f = head.unsqueeze(1) + tt  # (B,T) stream frame index of each new frame
         valid_new = tt.unsqueeze(0) < length.unsqueeze(1)
-        write_flat = (idx.unsqueeze(1) * n + new_f % n)[valid_new]
+        write_slot = idx.unsqueeze(1).expand(-1, t)[valid_new]
+        write_pos = (new_f % n)[valid_new]
         write_src = (torch.arange(b, device=dev).unsqueeze(1) * t + tt)[valid_new]
         # Stream frame held by each ring position after the write: the newest f < head+len, f = r mod N.
         end = (head + length).unsqueeze(1)  # (B,1)
@@ -307,7 +334,7 @@ class ConformerEncoder(nn.Module):
         start = int(idx[0])
         contiguous = bool(torch.equal(idx, torch.arange(start, start + b, device=dev)))
         return StepBatch(
-            idx=idx, rows=slice(start, start + b) if contiguous else idx, write_flat=write_flat,
+            idx=idx, rows=slice(start, start + b) if contiguous else idx, write_slot=write_slot, write_pos=write_pos,
             write_src=write_src, ring_index=ring_index, att_mask=~allowed, pad=~valid_q,
             pos=self.pos_enc.positions(c + t - 1, -(t - 1), dev, dtype),
         )
