@@ -15,6 +15,8 @@ from parakeet_streaming.server.session import OVERSIZED, Recv, Send, ServerConte
 
 log = logging.getLogger("parakeet_streaming.tcp")
 
+AUTH_SECONDS = 30.0  # wait for the auth line when --idle-timeout is 0 (a silent socket must not linger)
+
 
 class LineReader:
     """Splits the byte stream into lines no longer than `cap` bytes.
@@ -105,7 +107,7 @@ async def _authenticate(ctx: ServerContext, lines: LineReader, send: Send) -> bo
     """Read the auth line; on a wrong or missing key send `unauthorized` and return False."""
     idle = ctx.config.idle_timeout
     try:
-        line = await asyncio.wait_for(lines.recv(), idle if idle and idle > 0 else None)
+        line = await asyncio.wait_for(lines.recv(), idle if idle and idle > 0 else AUTH_SECONDS)
     except asyncio.TimeoutError:
         line = None
     if isinstance(line, bytes) and ctx.auth.check(auth_line_token(line)):
