@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from parakeet_streaming.server import protocol as proto
-from parakeet_streaming.server import transcriptions
+from parakeet_streaming.server import demo, transcriptions
 from parakeet_streaming.server.metrics import CONTENT_TYPE
 from parakeet_streaming.server.security import bearer_token
 from parakeet_streaming.server.session import ServerContext
@@ -26,7 +26,7 @@ from parakeet_streaming.server.session import ServerContext
 log = logging.getLogger("parakeet_streaming.http")
 
 CTX: web.AppKey[ServerContext] = web.AppKey("ctx", ServerContext)
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", *demo.PUBLIC_PATHS})
 SHUTDOWN_SECONDS = 5.0  # at exit, how long requests still in progress may take
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -39,6 +39,7 @@ def build_http_app(ctx: ServerContext) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     transcriptions.add_routes(app)
+    demo.add_routes(app)
     return app
 
 
