@@ -330,6 +330,17 @@ def _drain(fd: int, chunks: list[bytes]) -> None:
     os.close(fd)
 
 
+async def test_cli_mic_without_sounddevice(tmp_path):
+    try:
+        import sounddevice  # noqa: F401
+    except (ImportError, OSError):
+        pass
+    else:
+        pytest.skip("sounddevice is installed here")
+    code, _, err = await _run_cli("stream", "--mic", "--url", "ws://127.0.0.1:1/")
+    assert code == 2 and "parakeet-streaming[mic]" in err
+
+
 async def test_cli_errors(engine_factory, tiny_model, speech_wav, tmp_path):
     engine, model = engine_factory(1)
     async with running_server(engine, model) as app:

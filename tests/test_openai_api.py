@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from client_helpers import offline_transcript
 from server_helpers import engine_factory, open_stream, running_server, settle  # noqa: F401 - fixture
@@ -181,3 +182,40 @@ async def test_docs_example_runs(engine_factory, tiny_model, speech_wav, expecte
         out, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 0, err.decode()
     assert out.decode().splitlines() == [expected, expected]
+
+
+async def test_client_leaving_mid_stream_frees_the_slot(engine_factory, tiny_model, speech, tmp_path):
+    """An SSE client that disconnects after the first event: the engine stream is aborted, the slot
+    is free again, and the server keeps serving."""
+    import aiohttp
+
+    long_wav = tmp_path / "long.wav"
+    _write_wav(long_wav, np.tile(speech, 15))  # about a minute
+    engine, model = engine_factory(1)
+    async with running_server(engine, model) as app:
+        url = f"http://127.0.0.1:{app.ports['http']}/v1/audio/transcriptions"
+        form = aiohttp.FormData()
+        form.add_field("file", long_wav.read_bytes(), filename="long.wav")
+        form.add_field("model", "parakeet")
+        form.add_field("stream", "true")
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url, data=form) as r:
+                assert r.status == 200 and r.content_type == "text/event-stream"
+                first = await r.content.readline()
+                assert first.startswith(b"data: ")
+            # leaving the block closed the connection long before the file is decoded
+        await settle(app)
+        assert engine.num_active == 0
+        with open(long_wav, "rb") as f:
+            result = await client_for(app).audio.transcriptions.create(file=f, model="parakeet", response_format="text")
+        assert result.strip()
+
+
+def _write_wav(path: Path, samples: np.ndarray, rate: int = 16000) -> None:
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(np.clip(np.round(samples * 32768), -32768, 32767).astype("<i2").tobytes())

@@ -65,10 +65,13 @@ async def transcriptions(request: web.Request) -> web.StreamResponse:
         stream = _flag(form.get("stream", "false"))
         samples, duration = await _decode(data, ctx.model_rate, ctx.config.max_stream_seconds)
         events = _run_stream(ctx, samples)
-        await anext(events)  # opens the stream: a full server fails here, before any response
-        if stream:
-            return await _stream_sse(request, events)
-        transcript = fmt.collect([ev async for ev in events if ev is not None], duration)
+        try:
+            await anext(events)  # opens the stream: a full server fails here, before any response
+            if stream:
+                return await _stream_sse(request, events)
+            transcript = fmt.collect([ev async for ev in events if ev is not None], duration)
+        finally:
+            await events.aclose()  # at once, not when collected: a departed client frees its slot now
     except RequestError as exc:
         return exc.response()
     words = "word" in form.get_all("timestamp_granularities[]")
@@ -183,9 +186,12 @@ async def _stream_sse(request: web.Request, events: AsyncIterator[Event | None])
                 await _sse(response, {"type": "transcript.text.delta", "delta": delta})
             if isinstance(ev, Result) and ev.is_final:
                 await _sse(response, {"type": "transcript.text.done", "text": ev.text})
+        await response.write_eof()
     except RequestError as exc:  # headers are sent: report it the way OpenAI's streams do
         await _sse(response, {"error": {"message": exc.message, "type": "server_error", "code": exc.code}})
-    await response.write_eof()
+        await response.write_eof()
+    except ConnectionResetError:  # the client left; the caller aborts the engine stream
+        log.debug("transcription client disconnected mid-stream")
     return response
 
 
