@@ -142,3 +142,26 @@ async def test_a_busy_port_is_a_clear_startup_error(engine_factory):
         # the listeners opened before the failure are closed again
         for server in app._servers.values():
             assert not server.is_serving()
+
+
+async def test_batch_size_histogram_sees_concurrent_streams(engine_factory, speech, short_speech):
+    engine, model = engine_factory(2)
+    async with running_server(engine, model) as app:
+        await asyncio.gather(transcribe_over(app, "ws", speech), transcribe_over(app, "tcp", short_speech))
+        await settle(app)
+        m = await metrics(app)
+        one, two = (m[("parakeet_batch_size_bucket", (("le", le),))] for le in ("1.0", "2.0"))
+        assert two > one  # some steps decoded both streams together
+        assert m[("parakeet_batch_size_sum", ())] == one + 2 * (two - one)
+
+
+def test_buckets_follow_prometheus_le():
+    from parakeet_streaming.engine.events import Buckets
+
+    b = Buckets((1, 2, 4))
+    for v in (0.5, 1, 1.5, 2, 4, 5, 9):
+        b.observe(v)
+    assert b.counts == [2, 2, 1, 2]  # <=1, (1,2], (2,4], >4
+    snap = b.copy()
+    b.observe(1)
+    assert snap.counts == [2, 2, 1, 2] and snap.total == 23.0
