@@ -154,13 +154,16 @@ class VadBank:
         self.context = torch.zeros(num_slots, SileroVAD.CONTEXT)
         self._pending: list[np.ndarray] = [np.zeros(0, np.float32)] * num_slots
         self._frames_done = [0] * num_slots
+        self._origin = [0] * num_slots  # stream sample where the slot's VAD started
 
-    def reset(self, slot: int) -> None:
+    def reset(self, slot: int, start_sample: int = 0) -> None:
+        """Fresh state; the next pushed sample is the stream's sample `start_sample`."""
         self.h[slot] = 0
         self.c[slot] = 0
         self.context[slot] = 0
         self._pending[slot] = np.zeros(0, np.float32)
         self._frames_done[slot] = 0
+        self._origin[slot] = start_sample
 
     def push(self, slot: int, samples: np.ndarray) -> None:
         self._pending[slot] = np.concatenate([self._pending[slot], samples])
@@ -173,7 +176,7 @@ class VadBank:
         """Every complete frame of `slots` -> {slot: (start ms of its first new frame, probabilities)}."""
         n = SileroVAD.FRAME
         frames = {s: len(self._pending[s]) // n for s in slots}
-        out = {s: (self._frames_done[s] * self.frame_ms, []) for s in slots if frames[s]}
+        out = {s: ((self._origin[s] + self._frames_done[s] * n) * 1000 // SileroVAD.RATE, []) for s in slots if frames[s]}
         for j in range(max(frames.values(), default=0)):
             batch = [s for s in out if frames[s] > j]
             idx = torch.tensor(batch)

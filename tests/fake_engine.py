@@ -24,6 +24,7 @@ class FakeEngine:
         self._next_id = 0
         self._lock = threading.Lock()
         self.aborted: list[int] = []
+        self.endpointing: dict[int, int] = {}
         self.received: dict[int, list[np.ndarray]] = {}
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -65,6 +66,9 @@ class FakeEngine:
 
     def flush(self, stream_id: int) -> None:
         self._inbox.put(("flush", stream_id, None, False))
+
+    def set_endpointing(self, stream_id: int, silence_ms: int) -> None:
+        self.endpointing[stream_id] = silence_ms
 
     def _loop(self) -> None:
         while (cmd := self._inbox.get()) is not None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import espeak_wav, read_wav, tiny_config
-from server_helpers import chunks, running_server, transcribe_over
+from server_helpers import chunks, running_server, tokens_of, transcribe_over
 
 from parakeet_streaming.config import ServerConfig
 from parakeet_streaming.endpointing import (DEFAULT_SILENCE_MS_WITHOUT_EOU, EndpointConfig, Endpointer, VadBank,
@@ -237,3 +237,64 @@ async def test_silence_eou_over_sockets(no_eou_model, paused, sentences, transpo
     assert after and all(m["utterance"] == 1 for m in after) and after[-1]["is_final"]
     assert eous[0]["text"] and before[-1]["text"].strip() == eous[0]["text"]
     assert all(m["audio_ms"] <= eous[0]["audio_ms"] + 160 for m in before)
+
+
+# --- per stream ------------------------------------------------------------------------------
+
+
+async def stream_paused(app, transport: str, paused: np.ndarray, path: str = "/", config_after: int | None = None,
+                        silence_ms: int = SILENCE_MS) -> list[dict]:
+    from server_helpers import WsClient, open_stream
+
+    if transport == "ws":
+        client = await WsClient.open(app, path)
+        assert (await client.recv())["type"] == "hello"
+    else:
+        client, _ = await open_stream(app, "tcp")
+    sent = 0
+    for part in chunks(paused):
+        if config_after is not None and sent >= config_after:
+            await client.send({"type": "config", "endpoint_silence_ms": silence_ms})
+            config_after = None
+        await client.send_audio(part)
+        sent += len(part)
+    await client.send({"type": "close"})
+    return await client.collect()
+
+
+def silence_eous(msgs: list[dict]) -> list[int]:
+    return [m["audio_ms"] for m in msgs if m["type"] == "eou" and m["reason"] == "silence"]
+
+
+async def test_a_stream_turns_endpointing_on(no_eou_model, paused, sentences) -> None:
+    """The server's default is off; one stream asks by URL, one by a config message sent after 0.5 s
+    of audio (its VAD starts late but keeps the stream's clock), one does not ask."""
+    engine = started(no_eou_model, 3, EndpointConfig(0))
+    assert engine.vad is None
+    expected = speech_end_ms(sentences[0]) + SILENCE_MS
+    try:
+        async with running_server(engine, no_eou_model) as app:
+            by_url = await stream_paused(app, "ws", paused, path=f"/?endpoint_silence_ms={SILENCE_MS}")
+            by_message = await stream_paused(app, "tcp", paused, config_after=8000)
+            plain = await stream_paused(app, "ws", paused)
+    finally:
+        engine.shutdown()
+    for msgs in (by_url, by_message):
+        (at,) = silence_eous(msgs)
+        assert expected - 100 <= at <= expected + 100
+    assert not [m for m in plain if m["type"] == "eou"]
+    assert tokens_of(plain) == tokens_of(by_url) == tokens_of(by_message)  # endpoints never change tokens
+
+
+async def test_a_stream_turns_endpointing_off(no_eou_model, paused) -> None:
+    engine = started(no_eou_model, 2, EndpointConfig(SILENCE_MS))
+    try:
+        async with running_server(engine, no_eou_model) as app:
+            off = await stream_paused(app, "ws", paused, path="/?endpoint_silence_ms=0")
+            on = await stream_paused(app, "ws", paused)
+            bad = await stream_paused(app, "tcp", paused, config_after=0, silence_ms=-5)
+    finally:
+        engine.shutdown()
+    assert not [m for m in off if m["type"] == "eou"] and len(silence_eous(on)) == 1
+    assert [(m["code"], m["fatal"]) for m in bad if m["type"] == "error"] == [("bad_config", False)]
+    assert len(silence_eous(bad)) == 1  # the bad message changed nothing

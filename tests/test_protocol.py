@@ -164,6 +164,10 @@ def test_config_message():
     for bad in ('{"type":"config","timestamps":2}', '{"type":"config","timestamp":true}'):
         assert code_of(bad) == p.BAD_CONFIG
     assert p.parse_flag("timestamps", "1") is True and p.parse_flag("timestamps", "false") is False
+    assert p.parse_text('{"type":"config","endpoint_silence_ms":300}') == p.Config(endpoint_silence_ms=300)
+    for bad in (-1, 60_001, 1.5, True, "300ms"):
+        assert code_of(json.dumps({"type": "config", "endpoint_silence_ms": bad})) == p.BAD_CONFIG
+    assert p.parse_silence_ms("0") == 0
 
 
 def test_dumps_is_one_line():

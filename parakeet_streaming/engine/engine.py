@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -58,6 +58,12 @@ class _Abort:
 @dataclass
 class _Flush:
     stream_id: int
+
+
+@dataclass
+class _SetEndpoint:
+    stream_id: int
+    silence_ms: int
 
 
 class _Stop:
@@ -127,6 +133,10 @@ class Engine:
     def flush(self, stream_id: int) -> None:
         """Decode all audio sent so far and emit a Result with `flushed=True`; the stream goes on."""
         self._inbox.put(_Flush(stream_id))
+
+    def set_endpointing(self, stream_id: int, silence_ms: int) -> None:
+        """This stream's trailing-silence rule (0: off), with the server's signal and threshold."""
+        self._inbox.put(_SetEndpoint(stream_id, silence_ms))
 
     def stats_snapshot(self) -> EngineStats:
         """A copy of the counters, safe to read from any thread (values may be one step stale)."""
@@ -218,13 +228,15 @@ class Engine:
             return  # already finished or aborted: late commands are harmless
         if isinstance(cmd, _Abort):
             self._release(stream)
+        elif isinstance(cmd, _SetEndpoint):
+            self._set_endpoint(stream, cmd.silence_ms)
         elif stream.flushing:
             stream.backlog.append(cmd)  # after the flush, on the new segment
         elif isinstance(cmd, _Audio):
             if not stream.finishing and len(cmd.samples):
                 stream.samples += len(cmd.samples)
                 self.runner.push(stream.slot, cmd.samples)
-                if self.vad is not None:
+                if self._uses_vad(stream):
                     self.vad.push(stream.slot, cmd.samples)
             if cmd.final:
                 self._finish(stream)
@@ -317,9 +329,26 @@ class Engine:
         for cmd in backlog:
             self._apply(cmd)
 
+    def _uses_vad(self, stream: Stream) -> bool:
+        return stream.endpointer is not None and stream.endpointer.config.uses_vad
+
+    def _set_endpoint(self, stream: Stream, silence_ms: int) -> None:
+        config = replace(self.endpoint, silence_ms=silence_ms)
+        had_vad = self._uses_vad(stream)
+        if not config.enabled:
+            stream.endpointer = None
+        elif stream.endpointer is None:
+            stream.endpointer = Endpointer(config, self.runner.frame_ms)
+        else:
+            stream.endpointer.config = config  # keeps what the VAD heard so far
+        if self._uses_vad(stream) and not had_vad:
+            if self.vad is None:  # the server's default has endpointing off: load the VAD now
+                self.vad = VadBank(self.max_num_streams, self.runner.sample_rate)
+            self.vad.reset(stream.slot, start_sample=stream.samples)
+
     def _run_vad(self) -> None:
         """VAD over the audio that arrived since the last iteration, all streams in one batch."""
-        streams = [s for s in self._streams.values() if s.endpointer is not None and self.vad.has_frames(s.slot)]
+        streams = [s for s in self._streams.values() if self._uses_vad(s) and self.vad.has_frames(s.slot)]
         if not streams:
             return
         probs = self.vad.run([s.slot for s in streams])

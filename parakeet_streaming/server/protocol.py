@@ -87,10 +87,12 @@ class Config:
     """Stream options, the same names as the WebSocket query parameters. None: unchanged."""
 
     timestamps: bool | None = None
+    endpoint_silence_ms: int | None = None
 
 
 ClientMessage = Audio | Close | Ping | Flush | Config
-_CONFIG_KEYS = ("timestamps",)
+_CONFIG_KEYS = ("timestamps", "endpoint_silence_ms")
+MAX_ENDPOINT_SILENCE_MS = 60_000
 
 _SIMPLE: dict[str, ClientMessage] = {"close": Close(), "ping": Ping(), "flush": Flush()}
 
@@ -147,7 +149,19 @@ def _parse_config(obj: dict[str, Any]) -> Config:
     if unknown:
         raise ProtocolError(BAD_CONFIG, f"unknown config option(s) {', '.join(unknown)} "
                             f"(known: {', '.join(_CONFIG_KEYS)})")
-    return Config(timestamps=parse_flag("timestamps", obj.get("timestamps")))
+    silence = obj.get("endpoint_silence_ms")
+    return Config(timestamps=parse_flag("timestamps", obj.get("timestamps")),
+                  endpoint_silence_ms=None if silence is None else parse_silence_ms(silence))
+
+
+def parse_silence_ms(value: Any) -> int:
+    """A stream's `endpoint_silence_ms`: 0 (off) .. 60000 (numeric strings allowed, for query params)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if type(value) is not int or not 0 <= value <= MAX_ENDPOINT_SILENCE_MS:
+        raise ProtocolError(BAD_CONFIG, f"'endpoint_silence_ms' must be an integer in 0..{MAX_ENDPOINT_SILENCE_MS}, "
+                            f"got {value!r}")
+    return value
 
 
 def parse_flag(name: str, value: Any) -> bool | None:

@@ -43,6 +43,7 @@ class EngineLike(Protocol):
     def finalize(self, stream_id: int) -> None: ...
     def abort(self, stream_id: int) -> None: ...
     def flush(self, stream_id: int) -> None: ...
+    def set_endpointing(self, stream_id: int, silence_ms: int) -> None: ...
 
 
 @dataclass
@@ -73,6 +74,7 @@ class StreamOptions:
     half_close_ok: bool = False  # TCP: EOF after finalizing still gets the final result
     bytes_are_json: bool = False  # TCP hands over undecoded lines; WebSocket bytes are raw audio
     timestamps: bool = False  # results carry token_start_ms and words (?timestamps=true or a config message)
+    endpoint_silence_ms: int | None = None  # this stream's silence endpointing (None: the server's)
 
 
 class Session:
@@ -104,6 +106,8 @@ class Session:
             return
         self.ctx.sessions.add(self)
         log.info("stream %d opened (%s %s)", self.stream_id, self.transport, self.peer)
+        if self.options.endpoint_silence_ms is not None:  # from the URL; ahead of any audio
+            self.ctx.engine.set_endpointing(self.stream_id, self.options.endpoint_silence_ms)
         writer = reader = None
         try:
             await self._send(self._hello())
@@ -209,6 +213,8 @@ class Session:
         elif isinstance(msg, proto.Config):
             if msg.timestamps is not None:
                 self.options.timestamps = msg.timestamps
+            if msg.endpoint_silence_ms is not None and not self._finalized:
+                self.ctx.engine.set_endpointing(self.stream_id, msg.endpoint_silence_ms)
 
     def _on_audio(self, msg: proto.Audio) -> None:
         if self._finalized:

@@ -1,7 +1,7 @@
 """WebSocket transport: one JSON object per text frame; binary frames carry raw audio.
 
 Any request path is accepted. Query parameters set the stream's defaults:
-`?encoding=mulaw&sample_rate=8000&timestamps=true`. With API keys configured the upgrade request must carry
+`?encoding=mulaw&sample_rate=8000&timestamps=true&endpoint_silence_ms=300`. With API keys configured the upgrade request must carry
 `Authorization: Bearer KEY` or `?token=KEY` (checked before a stream is opened).
 """
 from __future__ import annotations
@@ -35,11 +35,13 @@ def options_from_path(path: str) -> StreamOptions:
             raise proto.ProtocolError(proto.UNSUPPORTED_ENCODING, f"unsupported encoding {encoding!r} "
                                       f"(supported: {', '.join(ENCODINGS)})", fatal=True)
         opts.encoding = encoding
-    if "timestamps" in query:
-        try:
+    try:
+        if "timestamps" in query:
             opts.timestamps = bool(proto.parse_flag("timestamps", query["timestamps"][-1]))
-        except proto.ProtocolError as exc:
-            raise proto.ProtocolError(exc.code, exc.message, fatal=True) from exc
+        if "endpoint_silence_ms" in query:
+            opts.endpoint_silence_ms = proto.parse_silence_ms(query["endpoint_silence_ms"][-1])
+    except proto.ProtocolError as exc:
+        raise proto.ProtocolError(exc.code, exc.message, fatal=True) from exc
     if "sample_rate" in query:
         try:
             opts.sample_rate = proto.parse_sample_rate(query["sample_rate"][-1])
