@@ -154,3 +154,59 @@ async def test_bad_timestamps_query_is_fatal(app):
     client = await WsClient.open(app, "/?timestamps=maybe")
     msgs = await client.collect()
     assert [(m["code"], m["fatal"]) for m in msgs] == [("bad_config", True)]
+
+
+# --- engine level ----------------------------------------------------------------------------
+
+
+def engine_events(engine, commands, timeout: float = 30.0) -> list:
+    """Open a stream, run `commands(stream_id)`, and collect events until the final result."""
+    import queue
+
+    from parakeet_streaming.engine.events import Result
+
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    sid = engine.open_stream(events.put).result(5)
+    commands(sid)
+    out = []
+    while True:
+        ev = events.get(timeout=timeout)
+        out.append(ev)
+        if isinstance(ev, Result) and ev.is_final:
+            return out
+
+
+def test_engine_flush_then_finalize_and_stats(engine_factory, short_speech):
+    from parakeet_streaming.engine.events import Result
+
+    engine, _ = engine_factory(2)
+
+    def commands(sid: int) -> None:
+        engine.send_audio(sid, short_speech)
+        engine.flush(sid)
+        engine.finalize(sid)  # waits behind the flush
+        engine.flush(sid)  # after finalizing: ignored
+
+    before = engine.stats_snapshot().extra.get("audio_seconds_total", 0.0)
+    events = engine_events(engine, commands)
+    results = [e for e in events if isinstance(e, Result)]
+    assert [r.flushed for r in results].count(True) == 1 and results[-1].is_final and not results[-1].flushed
+    assert results[-1].audio_ms == len(short_speech) * 1000 // 16000
+    covered = engine.stats_snapshot().extra["audio_seconds_total"] - before
+    assert abs(covered - len(short_speech) / 16000) < 1e-6  # counted once, not once per segment
+
+
+def test_engine_abort_during_a_flush_frees_the_slot(engine_factory, speech):
+    import time
+
+    engine, _ = engine_factory(1)
+    sid = engine.open_stream(lambda e: None).result(5)
+    engine.send_audio(sid, speech)
+    engine.flush(sid)
+    engine.send_audio(sid, speech[:4000])
+    engine.abort(sid)
+    deadline = time.monotonic() + 10
+    while engine.num_free != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert engine.open_stream(lambda e: None).result(5)  # the slot is usable again
