@@ -15,7 +15,7 @@ class Result:
     text: str
     token_ids: list[int]  # emitted since the previous Result (special tokens included)
     confidences: list[float]  # aligned with token_ids
-    token_frames: list[int]  # encoder frame index of each token (frame_ms each)
+    token_frames: list[int]  # encoder frame index of each token (frame_ms each) within the segment
     audio_ms: int  # stream audio covered by the transcript
     utterance: int  # index of the utterance the newest token belongs to
     is_final: bool = False
