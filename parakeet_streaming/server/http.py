@@ -101,6 +101,9 @@ async def serve_http(ctx: ServerContext, host: str, port: int,
     runner = web.AppRunner(build_http_app(ctx), access_log_class=_AccessLogger, access_log=log,
                            handle_signals=False, shutdown_timeout=SHUTDOWN_SECONDS)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
-    await site.start()
+    try:
+        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     return HttpServer(runner, runner.addresses[0][1])
