@@ -298,3 +298,19 @@ async def test_a_stream_turns_endpointing_off(no_eou_model, paused) -> None:
     assert not [m for m in off if m["type"] == "eou"] and len(silence_eous(on)) == 1
     assert [(m["code"], m["fatal"]) for m in bad if m["type"] == "error"] == [("bad_config", False)]
     assert len(silence_eous(bad)) == 1  # the bad message changed nothing
+
+
+async def test_token_rule_over_sockets(no_eou_model, paused) -> None:
+    engine = started(no_eou_model, 1, EndpointConfig(SILENCE_MS, "tokens"))
+    try:
+        async with running_server(engine, no_eou_model) as app:
+            msgs = await stream_paused(app, "ws", paused, path="/?timestamps=true")
+    finally:
+        engine.shutdown()
+    (eou,) = [m for m in msgs if m["type"] == "eou"]
+    at = msgs.index(eou)
+    before = [t for m in msgs[:at] if m["type"] == "result" for t in m["token_start_ms"]]
+    after = [t for m in msgs[at:] if m["type"] == "result" for t in m["token_start_ms"]]
+    assert eou["reason"] == "silence" and eou["audio_ms"] == before[-1] + 80 + SILENCE_MS
+    assert after and after[0] - (before[-1] + 80) >= SILENCE_MS
+    assert all(b - (a + 80) < SILENCE_MS for a, b in zip(before, before[1:]))
