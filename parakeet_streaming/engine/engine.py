@@ -197,6 +197,10 @@ class Engine:
         while self.runner.ready(slot):
             self.runner.step([slot])
         self.runner.release(slot)
+        if self.vad is not None:
+            self.vad.push(slot, np.zeros(self.runner.chunk_samples, dtype=np.float32))
+            self.vad.run([slot])
+            self.vad.reset(slot)
 
     def _any_ready(self) -> bool:
         return any(self.runner.ready(s.slot) for s in self._streams.values())
