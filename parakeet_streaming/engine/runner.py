@@ -128,7 +128,7 @@ class Runner:
         x, t_len = self._drop_context(work, sub, sub_len)
         out = self.model.encoder(x, t_len, self.table.enc, idx)
         self.last_encoder_output = (idx, out, t_len)  # for tests and calibration
-        em, dec_state = self.model.greedy.decode(out, t_len, dec_state)
+        em, dec_state = self.model.greedy.decode(out.to(dec_state.h.dtype), t_len, dec_state)
         self.table.scatter(idx, dec_state, new_ctx)
         t_list = t_len.tolist()
         return {p.slot: (em.tokens[b], em.confidences[b], em.frames[b], t_list[b]) for b, p in enumerate(work)}

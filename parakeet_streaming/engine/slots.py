@@ -20,8 +20,9 @@ class SlotTable:
     def __init__(self, model: ASRModel, num_slots: int, device: torch.device, dtype: torch.dtype) -> None:
         self.num_slots = num_slots
         self.enc: EncoderState = model.encoder.initial_state(num_slots, model.chunk_frames, device, dtype)
+        dec_dtype = next(model.decoder.parameters()).dtype  # float32 unless the whole model is cast
         with torch.no_grad():
-            self._sos = model.greedy.initial_state(1, device, dtype)
+            self._sos = model.greedy.initial_state(1, device, dec_dtype)
         self.dec = DecoderState(
             h=self._sos.h.repeat(1, num_slots, 1), c=self._sos.c.repeat(1, num_slots, 1),
             g=self._sos.g.repeat(num_slots, 1),
