@@ -1,9 +1,13 @@
-"""Shared by the client tests: the reference transcript from `parakeet-server transcribe`."""
+"""Shared by the client tests: the reference transcript from `parakeet-server transcribe`, and a
+recording engine to check the audio a browser sent."""
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from test_loader import write_nemo
 
@@ -19,3 +23,35 @@ def offline_transcript(model, wav: Path, workdir: Path) -> str:
     text = out.stdout.strip()
     assert text  # the tiny model is calibrated to emit tokens on this speech
     return text
+
+
+class RecordingEngine:
+    """The real engine, plus a copy of every sample each stream sends it."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+        self.audio: dict[int, list[np.ndarray]] = {}
+
+    def send_audio(self, stream_id: int, samples: np.ndarray, final: bool = False) -> None:
+        self.audio.setdefault(stream_id, []).append(np.array(samples, dtype=np.float32))
+        self._engine.send_audio(stream_id, samples, final)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+
+def file_is_in(speech: np.ndarray, received: np.ndarray) -> bool:
+    """Does `received` contain `speech` (up to resampling error and a delay)? Normalised
+    cross-correlation at the best lag."""
+    assert len(received) >= len(speech) * 0.9, (len(received), len(speech))
+    n = len(received) + len(speech)
+    size = 1 << (n - 1).bit_length()
+    corr = np.fft.irfft(np.fft.rfft(received, size) * np.conj(np.fft.rfft(speech, size)), size)
+    lag = int(np.argmax(corr))
+    lag = lag - size if lag > size // 2 else lag
+    r0, s0 = max(lag, 0), max(-lag, 0)
+    length = min(len(received) - r0, len(speech) - s0)
+    part, ref = received[r0:r0 + length], speech[s0:s0 + length]
+    score = float(np.dot(part, ref) / (np.linalg.norm(part) * np.linalg.norm(ref) + 1e-9))
+    print(f"fake microphone vs file: correlation {score:.3f} at lag {lag} samples")
+    return score > 0.9

@@ -8,10 +8,10 @@ import asyncio
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
+from client_helpers import RecordingEngine, file_is_in
 from server_helpers import engine_factory, running_server  # noqa: F401 - fixture
 
 pytest.importorskip("parakeet_streaming.engine.engine")
@@ -19,21 +19,6 @@ playwright = pytest.importorskip("playwright.async_api")
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 API_KEY = "demo-key"
-
-
-class RecordingEngine:
-    """The real engine, plus a copy of every sample each stream sends it."""
-
-    def __init__(self, engine: Any) -> None:
-        self._engine = engine
-        self.audio: dict[int, list[np.ndarray]] = {}
-
-    def send_audio(self, stream_id: int, samples: np.ndarray, final: bool = False) -> None:
-        self.audio.setdefault(stream_id, []).append(np.array(samples, dtype=np.float32))
-        self._engine.send_audio(stream_id, samples, final)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
 
 
 def artifacts_dir(tmp_path: Path) -> Path:
@@ -81,28 +66,11 @@ async def test_demo_page_transcribes_fake_microphone(engine_factory, tiny_model,
                 await browser.close()
     (stream_id, chunks), = recorder.audio.items()
     received = np.concatenate(chunks)
-    assert _file_is_in(speech, received)
+    assert file_is_in(speech, received)
     offline = await asyncio.to_thread(transcribe, engine, received)
     assert shown == offline["text"] and shown
     assert lines == [u["text"] for u in offline["utterances"] if u["text"]]
     assert any(partials), "the live partial line never showed text"
-
-
-def _file_is_in(speech: np.ndarray, received: np.ndarray) -> bool:
-    """Does `received` contain `speech` (up to resampling error and a delay)? Normalised
-    cross-correlation at the best lag."""
-    assert len(received) >= len(speech) * 0.9, (len(received), len(speech))
-    n = len(received) + len(speech)
-    size = 1 << (n - 1).bit_length()
-    corr = np.fft.irfft(np.fft.rfft(received, size) * np.conj(np.fft.rfft(speech, size)), size)
-    lag = int(np.argmax(corr))
-    lag = lag - size if lag > size // 2 else lag
-    r0, s0 = max(lag, 0), max(-lag, 0)
-    length = min(len(received) - r0, len(speech) - s0)
-    part, ref = received[r0:r0 + length], speech[s0:s0 + length]
-    score = float(np.dot(part, ref) / (np.linalg.norm(part) * np.linalg.norm(ref) + 1e-9))
-    print(f"fake microphone vs file: correlation {score:.3f} at lag {lag} samples")
-    return score > 0.9
 
 
 async def test_demo_files_are_served_without_a_key(engine_factory, tiny_model):

@@ -43,7 +43,7 @@ export interface MicrophoneOptions {
   sampleRate?: number;
   /** Audio per block handed to `onAudio`. Default 100 ms. */
   blockMs?: number;
-  /** getUserMedia audio constraints. */
+  /** getUserMedia audio constraints. Default: mono, no echo cancellation, noise suppression or gain control. */
   constraints?: MediaTrackConstraints;
 }
 
@@ -59,7 +59,13 @@ export async function startMicrophone(
   options: MicrophoneOptions = {},
 ): Promise<Microphone> {
   const media = await navigator.mediaDevices.getUserMedia({
-    audio: options.constraints ?? { channelCount: 1, echoCancellation: true, noiseSuppression: true },
+    // Unprocessed by default: the model expects raw speech, and noise suppression artefacts hurt it.
+    audio: options.constraints ?? {
+      channelCount: 1,
+      echoCancellation: false,
+      noiseSuppression: false,
+      autoGainControl: false,
+    },
   });
   const context = new AudioContext({ sampleRate: options.sampleRate ?? 16000 });
   const url = URL.createObjectURL(new Blob([PROCESSOR], { type: "application/javascript" }));
