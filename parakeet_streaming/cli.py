@@ -5,7 +5,7 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Sequence
 
 from parakeet_streaming.config import ServerConfig
@@ -35,6 +35,16 @@ def _add_model_flags(p: argparse.ArgumentParser, d: ServerConfig) -> None:
     p.add_argument("--dtype", default=d.dtype, help="float32 (exact) | bfloat16 | float16: lower precision for the encoder, see docs/performance.md (default: %(default)s)")
 
 
+def _add_endpoint_flags(p: argparse.ArgumentParser, d: ServerConfig) -> None:
+    p.add_argument("--endpoint-silence-ms", type=int, default=d.endpoint_silence_ms, metavar="MS",
+                   help="end an utterance after this much trailing silence (0: off; default: off for "
+                   "models with an <EOU> token, 500 for the others)")
+    p.add_argument("--endpoint-signal", choices=["vad", "tokens", "either"], default=d.endpoint_signal,
+                   help="what counts as silence: Silero VAD, no decoded token, or either (default: %(default)s)")
+    p.add_argument("--vad-threshold", type=float, default=d.vad_threshold,
+                   help="VAD speech probability threshold (default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = ServerConfig()
     parser = argparse.ArgumentParser(prog="parakeet-server", description="Streaming speech recognition server")
@@ -56,13 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds without a client message before the stream is closed (0: never)")
     serve.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)
     serve.add_argument("--log-level", default=d.log_level, choices=["debug", "info", "warning", "error"])
-    serve.add_argument("--endpoint-silence-ms", type=int, default=d.endpoint_silence_ms, metavar="MS",
-                       help="end an utterance after this much trailing silence (0: off; default: off for "
-                       "models with an <EOU> token, 500 for the others)")
-    serve.add_argument("--endpoint-signal", choices=["vad", "tokens", "either"], default=d.endpoint_signal,
-                       help="what counts as silence: Silero VAD, no decoded token, or either (default: %(default)s)")
-    serve.add_argument("--vad-threshold", type=float, default=d.vad_threshold,
-                       help="VAD speech probability threshold (default: %(default)s)")
+    _add_endpoint_flags(serve, d)
     serve.add_argument("--api-key", dest="api_keys", action="append", default=[], metavar="KEY",
                        help="require this API key from clients (repeatable); see docs/operations.md")
     serve.add_argument("--api-key-file", default=d.api_key_file, metavar="PATH",
@@ -78,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("transcribe", help="transcribe a WAV file offline and print the text")
     tr.add_argument("audio", metavar="AUDIO.wav")
     _add_model_flags(tr, d)
+    _add_endpoint_flags(tr, d)
     tr.add_argument("--json", action="store_true", help="print the full result as JSON")
     return parser
 
@@ -102,13 +107,13 @@ def _transcribe(args: argparse.Namespace) -> int:
     except (OSError, audio.AudioError) as exc:
         print(f"parakeet-server transcribe: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    from parakeet_streaming.engine.engine import Engine, transcribe
-    from parakeet_streaming.server.app import load
+    from parakeet_streaming.engine.engine import transcribe
+    from parakeet_streaming.server.app import build_engine, load
 
-    config = config_from_args(args)
+    config = replace(config_from_args(args), max_num_streams=1)
     model = load(config)
     samples = audio.resample(samples, rate, model.config.sample_rate)
-    engine = Engine(model, 1, device=config.device)
+    engine = build_engine(model, config)  # with the endpointing flags: utterances end as when served
     engine.start()
     try:
         result = transcribe(engine, samples)

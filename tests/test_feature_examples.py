@@ -89,3 +89,20 @@ def test_timestamps_example_with_a_flush(ws_url, tiny_nemo, speech_wav, tmp_path
     final = lines[-1].removeprefix("final: ")
     # random tokens may start the segment after the flush mid-word: compare without spaces
     assert "".join(w[3] for w in words).replace(" ", "") == final.replace(" ", "")
+
+
+def test_transcribe_cli_takes_the_endpoint_flags(tiny_nemo, sentences, tmp_path) -> None:
+    import json
+
+    a, b = sentences
+    wav = write_wav(tmp_path / "paused.wav", np.concatenate([a, np.zeros(int(PAUSE_S * 16000), np.float32), b]))
+    out = subprocess.run(CLI + ["transcribe", str(wav), "--model", str(tiny_nemo), "--json",
+                                "--endpoint-silence-ms", str(SILENCE_MS)], capture_output=True, text=True,
+                         timeout=TIMEOUT)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    silence = [u["audio_ms"] for u in result["utterances"] if u.get("reason") == "silence"]
+    end = speech_end_ms(a)
+    assert any(end + SILENCE_MS - 100 <= ms <= end + SILENCE_MS + 100 for ms in silence), result["utterances"]
+    assert result["text"] == offline_text(tiny_nemo, wav)  # endpoints never change the transcript
+    assert len(result["token_start_ms"]) == len(result["token_ids"]) and result["words"]
