@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from client_helpers import offline_transcript
-from server_helpers import engine_factory, open_stream, running_server, settle  # noqa: F401 - fixture
+from server_helpers import engine_factory, running_server, settle  # noqa: F401 - fixture
 
 from parakeet_streaming.server.transcript_formats import _clock
 

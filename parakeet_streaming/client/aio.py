@@ -25,7 +25,7 @@ from websockets.exceptions import ConnectionClosed
 
 from parakeet_streaming.client.audio import PcmEncoder, as_samples, load_audio
 from parakeet_streaming.client.messages import (Eou, Error, Hello, Message, ProtocolViolation, Result,
-                                                ServerError, StreamClosed, parse_message)
+                                                StreamClosed, parse_message)
 
 Progress = Callable[[float, float], None]  # (seconds sent, seconds total)
 StreamMessage = Result | Eou | Error

@@ -51,6 +51,8 @@ class Display:
             self.out.flush()
 
 
+# A few lines of our own rather than tqdm: the bar and the changing transcript share one terminal
+# line, and the same line serves --mic, which has no progress at all.
 def progress_bar(sent: float, total: float, width: int = 20) -> str:
     frac = min(1.0, sent / total) if total > 0 else 1.0
     filled = int(round(frac * width))
