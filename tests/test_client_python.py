@@ -20,8 +20,9 @@ import pytest
 from client_helpers import offline_transcript
 from server_helpers import engine_factory, running_server, settle  # noqa: F401 - fixture
 
-from parakeet_streaming.client import (Eou, Error, Hello, ProtocolViolation, Result, ServerError, StreamingClient,
-                                       SyncStreamingClient, parse_message, transcribe_file, transcribe_file_sync)
+from parakeet_streaming.client import (Eou, Error, Hello, ProtocolViolation, Result, ServerError, StreamClosed,
+                                       StreamingClient, SyncStreamingClient, parse_message, transcribe_file,
+                                       transcribe_file_sync)
 
 pytest.importorskip("parakeet_streaming.engine.engine")
 
@@ -149,6 +150,37 @@ async def test_fatal_error_after_audio_raises_with_final(engine_factory, tiny_mo
             await transcribe_file(url(app), speech_wav, speed=0)
         assert info.value.code == "stream_too_long"
         assert info.value.final is not None and info.value.final.audio_ms == 1000
+        await settle(app)
+
+
+async def test_shutdown_raises_shutting_down_with_final(engine_factory, tiny_model, speech):
+    engine, model = engine_factory(1)
+    async with running_server(engine, model) as app:
+        async with StreamingClient(url(app)) as client:
+            await client.send(speech[:16000])
+            await client.flush()
+            results = client.results()
+            async for msg in results:  # the server has the audio once the flush is answered
+                if isinstance(msg, Result) and msg.flushed:
+                    break
+            stopping = asyncio.create_task(app.stop(drain_seconds=5))
+            with pytest.raises(ServerError) as info:
+                async for _ in results:
+                    pass
+            await stopping
+    assert info.value.code == "shutting_down" and info.value.fatal
+    assert info.value.final is not None and info.value.final.audio_ms == 1000
+
+
+async def test_closed_connection_raises_stream_closed(engine_factory, tiny_model, speech):
+    engine, model = engine_factory(1)
+    async with running_server(engine, model) as app:
+        async with StreamingClient(url(app)) as client:
+            await client.send(speech[:8000])
+            await client.close()
+            with pytest.raises(StreamClosed):
+                async for _ in client.results():
+                    pass
         await settle(app)
 
 

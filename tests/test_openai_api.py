@@ -93,13 +93,19 @@ async def test_file_shares_slots_with_live_streams(engine_factory, tiny_model, s
     engine, model = engine_factory(1)
     async with running_server(engine, model, api_keys=[API_KEY]) as app:
         client = client_for(app)
-        from server_helpers import WsClient  # noqa: PLC0415
+        import aiohttp
+        from server_helpers import WsClient
 
         conn = await WsClient.open(app, f"/?token={API_KEY}")
         assert (await conn.recv())["type"] == "hello"  # the only slot is taken
         with open(speech_wav, "rb") as f, pytest.raises(openai.RateLimitError) as info:
             await client.audio.transcriptions.create(file=f, model="parakeet")
         assert info.value.code == "server_full"
+        async with aiohttp.ClientSession() as http:  # counted like a refused live connection
+            async with http.get(f"http://127.0.0.1:{app.ports['http']}/metrics") as r:
+                metrics = await r.text()
+        assert 'parakeet_connections_rejected_total{reason="server_full"} 1.0' in metrics
+        assert 'parakeet_errors_total{code="server_full"} 1.0' in metrics
         await conn.send_audio(speech, final=True)  # the live stream is unaffected
         msgs = await conn.collect()
         assert msgs[-1]["is_final"] and msgs[-1]["text"] == expected

@@ -73,6 +73,9 @@ async def transcriptions(request: web.Request) -> web.StreamResponse:
         finally:
             await events.aclose()  # at once, not when collected: a departed client frees its slot now
     except RequestError as exc:
+        if exc.code in (proto.SERVER_FULL, proto.SHUTTING_DOWN):
+            ctx.metrics.reject(exc.code)
+        ctx.metrics.error(exc.code)
         return exc.response()
     words = "word" in form.get_all("timestamp_granularities[]")
     body = fmt.render(transcript, response_format, words)
