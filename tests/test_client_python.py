@@ -26,7 +26,9 @@ from parakeet_streaming.client import (Eou, Error, Hello, ProtocolViolation, Res
 
 pytest.importorskip("parakeet_streaming.engine.engine")
 
-CLIENT = [sys.executable, "-m", "parakeet_streaming.client.cli"]
+# The installed console script ([project.scripts]); the module when the package isn't installed.
+_SCRIPT = Path(sys.executable).with_name("parakeet-client")
+CLIENT = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "parakeet_streaming.client.cli"]
 
 
 @pytest.fixture(scope="module")
