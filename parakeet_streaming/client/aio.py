@@ -199,7 +199,8 @@ class StreamingClient:
         samples = as_samples(samples)
         sender = asyncio.create_task(self.stream(samples, speed=speed, chunk_ms=chunk_ms, on_progress=on_progress))
         sender.add_done_callback(self._on_sender_done)
-        out = Transcript("", None, self.hello)  # type: ignore[arg-type]
+        utterances: list[Eou] = []
+        results: list[Result] = []
         try:
             async for msg in self.results():
                 if on_message is not None:
@@ -207,9 +208,9 @@ class StreamingClient:
                 if isinstance(msg, Error):
                     raise msg.exception()
                 if isinstance(msg, Eou):
-                    out.utterances.append(msg)
+                    utterances.append(msg)
                 elif isinstance(msg, Result):
-                    out.results.append(msg)
+                    results.append(msg)
         except StreamClosed:
             if sender.done() and not sender.cancelled() and _real_failure(sender.exception()):
                 raise sender.exception() from None  # type: ignore[misc]
@@ -217,9 +218,7 @@ class StreamingClient:
         finally:
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
-        out.final = out.results[-1]
-        out.text = out.final.text
-        return out
+        return Transcript(results[-1].text, results[-1], self.hello, utterances, results)
 
     def _on_sender_done(self, task: asyncio.Task) -> None:
         if not task.cancelled() and _real_failure(task.exception()) and self._ws is not None:

@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import tempfile
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 import numpy as np
@@ -84,9 +85,18 @@ async def transcriptions(request: web.Request) -> web.StreamResponse:
     return web.Response(text=body, content_type=fmt.CONTENT_TYPES[response_format], charset="utf-8")
 
 
-class _Form(dict):
+@dataclass
+class _Form:
+    """The form's text fields; a name may repeat (`timestamp_granularities[]`)."""
+
+    fields: dict[str, list[str]] = field(default_factory=dict)
+
+    def get(self, name: str, default: str) -> str:
+        values = self.fields.get(name)
+        return values[-1] if values else default
+
     def get_all(self, name: str) -> list[str]:
-        return self.get("\0" + name, [])
+        return self.fields.get(name, [])
 
 
 async def _read_form(request: web.Request) -> tuple[_Form, bytes]:
@@ -101,8 +111,7 @@ async def _read_form(request: web.Request) -> tuple[_Form, bytes]:
             data = await _read_capped(part, MAX_FILE_BYTES, "file")
         elif part.name:
             value = (await _read_capped(part, MAX_FIELD_BYTES, part.name)).decode("utf-8", "replace")
-            form[part.name] = value
-            form.setdefault("\0" + part.name, []).append(value)
+            form.fields.setdefault(part.name, []).append(value)
     if data is None:
         raise RequestError(400, "bad_request", "the form has no 'file' part", "file")
     return form, data
