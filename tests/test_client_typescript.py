@@ -48,14 +48,16 @@ async def test_typescript_client(engine_factory, tiny_model, speech_wav, tmp_pat
     shutil.copytree(PACKAGE, work, ignore=shutil.ignore_patterns("node_modules", "dist"))
     shutil.copy(speech_wav, work / "speech.wav")
     engine, model = engine_factory(SLOTS)
-    async with running_server(engine, model, api_keys=[API_KEY]) as app, running_server(engine, model) as open_app:
+    async with (running_server(engine, model, api_keys=[API_KEY]) as app, running_server(engine, model) as open_app,
+                running_server(engine, model, api_keys=[API_KEY], max_stream_seconds=1.0) as short_app):
         for i, code in enumerate(examples):  # compiled with the package, importing it by its public name
             url = f"ws://127.0.0.1:{open_app.ports['ws']}"
             (work / "src" / f"doc_example_{i}.ts").write_text(code.replace("ws://localhost:8000", url))
         await _run(["npm", "ci", "--no-audit", "--no-fund"], work)
         await _run(["npm", "run", "build"], work)
         env = {**os.environ, "PARAKEET_URL": f"ws://127.0.0.1:{app.ports['ws']}/", "PARAKEET_WAV": str(speech_wav),
-               "PARAKEET_EXPECTED": expected, "PARAKEET_SLOTS": str(SLOTS), "PARAKEET_API_KEY": API_KEY}
+               "PARAKEET_EXPECTED": expected, "PARAKEET_SLOTS": str(SLOTS), "PARAKEET_API_KEY": API_KEY,
+               "PARAKEET_SHORT_URL": f"ws://127.0.0.1:{short_app.ports['ws']}/"}
         out = await _run(["node", "--test", "dist/test/"], work, env)
         assert "# fail 0" in out and "# pass 0" not in out, out
         for i in range(len(examples)):

@@ -4,6 +4,7 @@
 //   PARAKEET_EXPECTED  the transcript `parakeet-server transcribe` gives for it
 //   PARAKEET_SLOTS     the server's --max-num-streams
 //   PARAKEET_API_KEY   the server's --api-key
+//   PARAKEET_SHORT_URL a server like it with --max-stream-seconds 1
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
@@ -160,6 +161,16 @@ test("flush answers with a flushed result; timestamps give words", async () => {
   }
   assert.equal(flushed, EXPECTED);
   assert.deepEqual(words, EXPECTED.split(" "));
+});
+
+test("a fatal error after audio rejects with its code and the final result", async () => {
+  await assert.rejects(transcribe(env("PARAKEET_SHORT_URL"), wav.samples, { apiKey, speed: 0 }), (err: unknown) => {
+    assert.ok(err instanceof ServerError);
+    assert.equal(err.code, "stream_too_long");
+    assert.equal(err.fatal, true);
+    assert.equal(err.final?.audio_ms, 1000);
+    return true;
+  });
 });
 
 test("connection refused rejects", async () => {
