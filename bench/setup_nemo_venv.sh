@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# NeMo in its own venv, for bench/compare_nemo.py and scripts/make_golden.py only (never a runtime
+# dependency). torch==2.13.0 first: the CPU wheel.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .nemo-venv
+.nemo-venv/bin/pip install -q torch==2.13.0 "nemo_toolkit[asr]==3.0.0"
