@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from client_helpers import offline_transcript
+from client_helpers import RecordingEngine, file_is_in, offline_transcript
 from server_helpers import engine_factory, running_server, settle  # noqa: F401 - fixture
 
 from parakeet_streaming.client import (Eou, Error, Hello, ProtocolViolation, Result, ServerError, StreamClosed,
@@ -373,6 +373,70 @@ async def test_cli_mic_without_sounddevice(tmp_path):
         pytest.skip("sounddevice is installed here")
     code, _, err = await _run_cli("stream", "--mic", "--url", "ws://127.0.0.1:1/")
     assert code == 2 and "parakeet-streaming[mic]" in err
+
+
+FAKE_SOUNDDEVICE = """
+import os, threading, time, wave
+import numpy as np
+
+def query_devices(device, kind):
+    return {"default_samplerate": 16000.0}
+
+class InputStream:  # plays $FAKE_MIC_WAV in real time from its own thread, then silence
+    def __init__(self, samplerate, channels, dtype, device, blocksize, callback):
+        with wave.open(os.environ["FAKE_MIC_WAV"]) as w:
+            pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+        self.audio = pcm.astype(np.float32) / 32768.0
+        self.blocksize, self.callback, self.stop = blocksize, callback, threading.Event()
+        self.thread = threading.Thread(target=self.run)
+
+    def run(self):
+        pos = 0
+        while not self.stop.is_set():
+            block = self.audio[pos:pos + self.blocksize]
+            block = np.pad(block, (0, self.blocksize - len(block)))
+            pos += self.blocksize
+            self.callback(block.reshape(-1, 1), len(block), None, None)
+            time.sleep(self.blocksize / 16000)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+"""
+
+
+async def test_cli_mic_streams_until_ctrl_c(engine_factory, tiny_model, speech_wav, tmp_path):
+    """`--mic` with sounddevice replaced by a device that plays the WAV file (no sound card here):
+    SIGINT ends the stream and the final transcript is printed."""
+    import signal
+
+    (tmp_path / "sounddevice.py").write_text(FAKE_SOUNDDEVICE)
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "FAKE_MIC_WAV": str(speech_wav)}
+    from parakeet_streaming.engine.engine import transcribe
+
+    engine, model = engine_factory(1)
+    recorder = RecordingEngine(engine)
+    async with running_server(recorder, model) as app:
+        proc = await asyncio.create_subprocess_exec(*CLIENT, "stream", "--mic", "--url", url(app), "--json", env=env,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        await asyncio.wait_for(proc.stderr.readline(), 60)  # "listening; Ctrl-C to finish"
+        await asyncio.sleep(_duration(speech_wav) + 1)
+        proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        msgs = [json.loads(line) for line in out.decode().splitlines()]
+    assert msgs[0]["type"] == "hello" and msgs[-1]["type"] == "result" and msgs[-1]["is_final"]
+    assert msgs[-1]["audio_ms"] >= _duration(speech_wav) * 1000
+    (_, chunks), = recorder.audio.items()
+    received = np.concatenate(chunks)
+    assert file_is_in(_read(speech_wav)[0], received)
+    offline = await asyncio.to_thread(transcribe, engine, received)
+    assert msgs[-1]["text"] == offline["text"] and offline["text"]
 
 
 async def test_cli_errors(engine_factory, tiny_model, speech_wav, tmp_path):
