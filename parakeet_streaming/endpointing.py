@@ -176,7 +176,8 @@ class VadBank:
         """Every complete frame of `slots` -> {slot: (start ms of its first new frame, probabilities)}."""
         n = SileroVAD.FRAME
         frames = {s: len(self._pending[s]) // n for s in slots}
-        out = {s: ((self._origin[s] + self._frames_done[s] * n) * 1000 // SileroVAD.RATE, []) for s in slots if frames[s]}
+        start = {s: (self._origin[s] + self._frames_done[s] * n) * 1000 // SileroVAD.RATE for s in slots}
+        out: dict[int, tuple[int, list[float]]] = {s: (start[s], []) for s in slots if frames[s]}
         for j in range(max(frames.values(), default=0)):
             batch = [s for s in out if frames[s] > j]
             idx = torch.tensor(batch)

@@ -1,8 +1,9 @@
 """WebSocket transport: one JSON object per text frame; binary frames carry raw audio.
 
 Any request path is accepted. Query parameters set the stream's defaults:
-`?encoding=mulaw&sample_rate=8000&timestamps=true&endpoint_silence_ms=300`. With API keys configured the upgrade request must carry
-`Authorization: Bearer KEY` or `?token=KEY` (checked before a stream is opened).
+`?encoding=mulaw&sample_rate=8000&timestamps=true&endpoint_silence_ms=300`. With API keys configured
+the upgrade request must carry `Authorization: Bearer KEY` or `?token=KEY` (checked before a stream
+is opened).
 """
 from __future__ import annotations
 
