@@ -63,6 +63,7 @@ def started(model: ASRModel, slots: int, endpoint: EndpointConfig) -> Engine:
 # --- the VAD ---------------------------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 def test_silero_matches_the_packaged_torchscript_model(paused) -> None:
     jit = torch.jit.load(str(silero_weights_dir() / "silero_vad.jit"))
     jit.reset_states()
