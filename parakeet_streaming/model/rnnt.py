@@ -62,10 +62,23 @@ class RNNTDecoder(nn.Module):
         self.prediction = Prediction(cfg.vocab_size, cfg.pred_hidden, cfg.pred_rnn_layers)
 
     def step(self, labels: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Feed labels (B,) -> output (B,H), new (h, c). The blank label embeds to zeros (SOS)."""
-        emb = self.prediction.embed(labels).unsqueeze(0)
-        out, (h, c) = self.prediction.dec_rnn.lstm(emb, (h, c))
-        return out[0], h, c
+        """Feed labels (B,) -> output (B,H), new (h, c). The blank label embeds to zeros (SOS).
+
+        One time step of nn.LSTM's math written out: two addmm per layer beat the oneDNN RNN
+        primitive for a single step on CPU (bench: ~30% at batch 4 and 32)."""
+        x = self.prediction.embed(labels)
+        lstm = self.prediction.dec_rnn.lstm
+        hs, cs = [], []
+        for layer in range(lstm.num_layers):
+            w_ih, w_hh = getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"weight_hh_l{layer}")
+            bias = getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")
+            gates = torch.addmm(bias, x, w_ih.t()).addmm_(h[layer], w_hh.t())
+            i, f, g, o = gates.chunk(4, dim=1)
+            c_new = torch.sigmoid(f) * c[layer] + torch.sigmoid(i) * torch.tanh(g)
+            x = torch.sigmoid(o) * torch.tanh(c_new)
+            hs.append(x)
+            cs.append(c_new)
+        return x, torch.stack(hs), torch.stack(cs)
 
 
 class RNNTJoint(nn.Module):
