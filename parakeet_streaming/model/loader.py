@@ -126,7 +126,7 @@ def build_dummy(name: str, seed: int = 0) -> ASRModel:
     tok = Tokenizer.synthetic(cfg.decoder.vocab_size, named.special_pieces)
     model = ASRModel(cfg, tok, name=f"{name} (dummy weights)")
     model.randomize(seed)
-    calibrate_joint_bias(model, pseudo_speech(3.0, seed))
+    calibrate_joint_bias(model, pseudo_speech(12.0, seed))  # long enough to fill the attention cache
     return model
 
 
