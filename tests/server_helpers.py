@@ -4,7 +4,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
+import signal
+import subprocess
+import sys
+import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, AsyncIterator
 
 import numpy as np
@@ -195,3 +201,43 @@ async def settle(app: App, timeout: float = 10.0) -> None:
     while (app.ctx.sessions or app.engine.num_active) and loop.time() < deadline:
         await asyncio.sleep(0.02)
     assert not app.ctx.sessions and app.engine.num_active == 0
+
+
+CLI = [sys.executable, "-m", "parakeet_streaming.cli"]
+DUMMY = ["--load-format", "dummy", "--max-num-streams", "2"]  # the real small architecture, random weights
+BANNER = re.compile(r"tcp \S+:(\d+)\s+ws \S+:(\d+)\s+status \S+:(\d+)\s+http \S+:(\d+)")
+
+
+def start_server_process(extra: list[str], log: Path | None = None, timeout: float = 300
+                         ) -> tuple[subprocess.Popen, dict[str, int]]:
+    """`parakeet-server serve` as a subprocess on OS-chosen loopback ports; returns once its banner
+    names them: (process, {"tcp", "ws", "status", "http"} -> port). stderr goes to `log` if given."""
+    err = open(log, "w") if log is not None else subprocess.PIPE
+    try:
+        proc = subprocess.Popen(
+            CLI + ["serve", "--host", "127.0.0.1", "--port", "0", "--ws-port", "0", "--status-port", "0",
+                   "--http-port", "0", "--log-level", "warning", *extra],
+            stdout=subprocess.PIPE, stderr=err, text=True)
+    finally:
+        if log is not None:
+            err.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            detail = log.read_text() if log is not None else proc.stderr.read()
+            raise AssertionError(f"server exited early ({proc.wait(10)}): {detail}")
+        if m := BANNER.search(line):
+            return proc, dict(zip(("tcp", "ws", "status", "http"), map(int, m.groups())))
+    proc.kill()
+    raise AssertionError("the server printed no banner")
+
+
+def stop_server_process(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM, then kill if it has not exited within `timeout`."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -3,9 +3,7 @@ subprocess, tiny random-weight model in a .nemo file) and print the transcript `
 from __future__ import annotations
 
 import json
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -13,11 +11,10 @@ import wave
 from pathlib import Path
 
 import pytest
+from server_helpers import CLI, start_server_process, stop_server_process
 from test_loader import write_nemo
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
-CLI = [sys.executable, "-m", "parakeet_streaming.cli"]
-BANNER = re.compile(r"tcp \S+:(\d+)\s+ws \S+:(\d+)\s+status \S+:(\d+)")
 TIMEOUT = 120
 
 
@@ -30,25 +27,11 @@ def tiny_nemo(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(tiny_nemo: Path, tmp_path_factory: pytest.TempPathFactory):
     """`parakeet-server serve` on OS-chosen ports -> {"tcp": port, "ws": port, "status": port}."""
     log = tmp_path_factory.mktemp("docs_server") / "stderr.log"
-    with open(log, "w") as err:
-        proc = subprocess.Popen(
-            CLI + ["serve", "--model", str(tiny_nemo), "--host", "127.0.0.1", "--port", "0", "--ws-port", "0",
-                   "--status-port", "0", "--http-port", "0", "--max-num-streams", "4", "--log-level", "warning"],
-            stdout=subprocess.PIPE, stderr=err, text=True)
+    proc, ports = start_server_process(["--model", str(tiny_nemo), "--max-num-streams", "4"], log=log)
     try:
-        while line := proc.stdout.readline():  # "" if the server exits before its banner
-            if m := BANNER.search(line):
-                break
-        else:
-            pytest.fail(f"server exited early ({proc.wait(10)}): {log.read_text()}")
-        yield dict(zip(("tcp", "ws", "status"), map(int, m.groups())))
+        yield ports
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server_process(proc)
 
 
 @pytest.fixture(scope="module")

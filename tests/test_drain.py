@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
-import subprocess
-import sys
 import time
 
 import aiohttp
 import pytest
 from server_helpers import (TcpClient, WsClient, chunks, engine_factory, finals, open_stream,  # noqa: F401
+                            DUMMY, start_server_process,
                             running_server, settle, tokens_of, transcribe_over)
 from websockets.asyncio.client import connect
 
@@ -70,28 +68,8 @@ async def test_drain_lets_open_streams_finish_then_finalizes_the_rest(engine_fac
         assert not app.ctx.sessions
 
 
-CLI = [sys.executable, "-m", "parakeet_streaming.cli"]
-BANNER = re.compile(r"tcp \S+:(\d+)\s+ws \S+:(\d+)\s+status \S+:(\d+)\s+http \S+:(\d+)")
-
-
-def _start_server(extra: list[str]) -> tuple[subprocess.Popen, dict[str, int]]:
-    proc = subprocess.Popen(
-        CLI + ["serve", "--host", "127.0.0.1", "--port", "0", "--ws-port", "0", "--status-port", "0",
-               "--http-port", "0", "--load-format", "dummy", "--max-num-streams", "2", "--log-level", "warning",
-               *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise AssertionError(f"server exited early: {proc.stderr.read()}")
-        if m := BANNER.search(line):
-            return proc, dict(zip(("tcp", "ws", "status", "http"), map(int, m.groups())))
-    proc.kill()
-    raise AssertionError("no banner")
-
-
 async def test_sigterm_drains_a_stream_in_progress_and_exits_0(short_speech):
-    proc, ports = _start_server(["--drain-seconds", "20"])
+    proc, ports = start_server_process([*DUMMY, "--drain-seconds", "20"])
     try:
         while await http_status(ports["http"], "/readyz") != 200:
             assert proc.poll() is None
@@ -123,7 +101,7 @@ async def test_sigterm_drains_a_stream_in_progress_and_exits_0(short_speech):
 
 
 async def test_sigterm_finalizes_streams_at_the_deadline(short_speech):
-    proc, ports = _start_server(["--drain-seconds", "1"])
+    proc, ports = start_server_process([*DUMMY, "--drain-seconds", "1"])
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", ports["tcp"])
         client = TcpClient(reader, writer)

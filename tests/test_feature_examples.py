@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
 import wave
@@ -11,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_docs_examples import BANNER, CLI, EXAMPLES, TIMEOUT, expected, tiny_nemo  # noqa: F401
+from server_helpers import CLI, start_server_process, stop_server_process
+from test_docs_examples import EXAMPLES, TIMEOUT, expected, tiny_nemo  # noqa: F401
 from test_endpointing import PAUSE_S, sentences, speech_end_ms  # noqa: F401
 
 SILENCE_MS = 500
@@ -36,26 +36,12 @@ def offline_text(nemo: Path, wav: Path) -> str:
 @pytest.fixture(scope="module")
 def ws_url(tiny_nemo: Path, tmp_path_factory: pytest.TempPathFactory):
     log = tmp_path_factory.mktemp("feature_server") / "stderr.log"
-    with open(log, "w") as err:
-        proc = subprocess.Popen(
-            CLI + ["serve", "--model", str(tiny_nemo), "--host", "127.0.0.1", "--port", "0", "--ws-port", "0",
-                   "--status-port", "0", "--http-port", "0", "--max-num-streams", "2", "--log-level", "warning",
-                   "--endpoint-silence-ms", str(SILENCE_MS)],
-            stdout=subprocess.PIPE, stderr=err, text=True)
+    proc, ports = start_server_process(["--model", str(tiny_nemo), "--max-num-streams", "2",
+                                        "--endpoint-silence-ms", str(SILENCE_MS)], log=log)
     try:
-        while line := proc.stdout.readline():
-            if m := BANNER.search(line):
-                break
-        else:
-            pytest.fail(f"server exited early ({proc.wait(10)}): {log.read_text()}")
-        yield f"ws://127.0.0.1:{m.group(2)}"
+        yield f"ws://127.0.0.1:{ports['ws']}"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server_process(proc)
 
 
 def run(script: str, *args: str) -> list[str]:

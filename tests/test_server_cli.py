@@ -4,42 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
 import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
-from server_helpers import pcm16_b64
+from server_helpers import CLI, DUMMY, pcm16_b64, start_server_process
 from websockets.asyncio.client import connect
 
 pytest.importorskip("parakeet_streaming.engine.engine")
 
-CLI = [sys.executable, "-m", "parakeet_streaming.cli"]
-BANNER = re.compile(r"tcp \S+:(\d+)\s+ws \S+:(\d+)\s+status \S+:(\d+)")
-
-
-def _start_server(extra: list[str]) -> tuple[subprocess.Popen, dict[str, int]]:
-    proc = subprocess.Popen(
-        CLI + ["serve", "--host", "127.0.0.1", "--port", "0", "--ws-port", "0", "--status-port", "0",
-               "--http-port", "0",
-               "--load-format", "dummy", "--max-num-streams", "2", "--log-level", "warning", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise AssertionError(f"server exited early: {proc.stderr.read()}")
-        if m := BANNER.search(line):
-            return proc, dict(zip(("tcp", "ws", "status"), map(int, m.groups())))
-    proc.kill()
-    raise AssertionError("no banner")
-
-
 async def test_serve_streams_and_exits_cleanly_on_sigterm(short_speech):
-    proc, ports = _start_server([])
+    proc, ports = start_server_process(DUMMY)
     try:
         async with connect(f"ws://127.0.0.1:{ports['ws']}/") as ws:
             hello = json.loads(await ws.recv())
