@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_engine import drain_until_final
 from server_helpers import (WsClient, chunks, engine_factory, finals, open_stream, running_server,  # noqa: F401
                             settle, tokens_of, transcribe_over)
 
@@ -163,17 +164,10 @@ def engine_events(engine, commands, timeout: float = 30.0) -> list:
     """Open a stream, run `commands(stream_id)`, and collect events until the final result."""
     import queue
 
-    from parakeet_streaming.engine.events import Result
-
     events: queue.SimpleQueue = queue.SimpleQueue()
     sid = engine.open_stream(events.put).result(5)
     commands(sid)
-    out = []
-    while True:
-        ev = events.get(timeout=timeout)
-        out.append(ev)
-        if isinstance(ev, Result) and ev.is_final:
-            return out
+    return drain_until_final(events, timeout)
 
 
 def test_engine_flush_then_finalize_and_stats(engine_factory, short_speech):
