@@ -52,7 +52,8 @@ def main() -> None:
             runner.step(list(range(args.slots)))
         grown = (rss_mib() - before) / args.slots
         att = list(model.config.encoder.att_context_sizes[0])
-        print(f"{name:<7}{str(att):>9}{args.dtype:>10}{weights:>13.0f}{slot_bytes(runner) / 2**20:>18.2f}{grown:>16.2f}")
+        per_slot = slot_bytes(runner) / 2**20
+        print(f"{name:<7}{str(att):>9}{args.dtype:>10}{weights:>13.0f}{per_slot:>18.2f}{grown:>16.2f}")
         del runner, model
 
 

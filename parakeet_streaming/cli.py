@@ -32,7 +32,9 @@ def _add_model_flags(p: argparse.ArgumentParser, d: ServerConfig) -> None:
     p.add_argument("--att-context-size", type=_context_size, default=d.att_context_size, metavar="LEFT,RIGHT",
                    help="attention context (lookahead) to stream with, one the checkpoint was trained with")
     p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1, ... (default: %(default)s)")
-    p.add_argument("--dtype", default=d.dtype, help="float32 (exact) | bfloat16 | float16: lower precision for the encoder, see docs/performance.md (default: %(default)s)")
+    p.add_argument("--dtype", default=d.dtype,
+                   help="float32 (exact) | bfloat16 | float16: lower precision for the encoder, "
+                        "see docs/performance.md (default: %(default)s)")
 
 
 def _add_endpoint_flags(p: argparse.ArgumentParser, d: ServerConfig) -> None:

@@ -5,8 +5,8 @@ Names follow NeMo (`decoder.prediction.embed`, `decoder.prediction.dec_rnn.lstm`
 up to `max_symbols` labels until blank wins, feeding every emitted label to the LSTM.
 
 Confidence: NeMo's default token confidence, the exponentially normalised Tsallis entropy with
-alpha = 0.33 (NeMo's default value) over the softmax of the joint logits (blank included) at the step that emitted the token:
-1 for a one-hot distribution, 0 for a uniform one.
+alpha = 0.33 (NeMo's default value) over the softmax of the joint logits (blank included) at the
+step that emitted the token: 1 for a one-hot distribution, 0 for a uniform one.
 """
 from __future__ import annotations
 
