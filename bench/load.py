@@ -6,7 +6,8 @@
 For every result message: lag = (wall time since the stream's first audio) - audio_ms / 1000, i.e.
 how far the transcript trails the speaker. Finalization latency = time from the final audio message
 to the final result. Prints p50/p95 of both per N, failures, and the largest N whose p95 lag stays
-within --lag-budget-ms (300 by default). Client and server share this machine's cores; the numbers
+within --lag-budget-ms (300 by default), with the server's mean step time and batch size over the
+level (from its /metrics). Client and server share this machine's cores; the numbers
 include the client's own cost.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -89,6 +91,10 @@ async def run_level(url: str, n: int, audio: np.ndarray, packet_ms: int) -> list
     return await asyncio.gather(*tasks)
 
 
+def _mean(total: float, count: float) -> float:
+    return total / count if count else float("nan")
+
+
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) * 1000 if values else float("nan")
 
@@ -99,11 +105,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(flags: str, max_streams: int) -> tuple[subprocess.Popen, str]:
-    ws_port = free_port()
+def server_steps(http_url: str | None) -> tuple[float, float, float]:
+    """(steps, step seconds, streams stepped) so far, from the server's /metrics; zeros without it."""
+    if http_url is None:
+        return 0.0, 0.0, 0.0
+    with urllib.request.urlopen(f"{http_url}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("parakeet_step_duration_seconds_count", "parakeet_step_duration_seconds_sum",
+                    "parakeet_batch_size_sum"):
+            values[name] = float(value)
+    return (values.get("parakeet_step_duration_seconds_count", 0.0),
+            values.get("parakeet_step_duration_seconds_sum", 0.0), values.get("parakeet_batch_size_sum", 0.0))
+
+
+def start_server(flags: str, max_streams: int) -> tuple[subprocess.Popen, str, str]:
+    ws_port, http_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "parakeet_streaming.cli", "serve", "--host", "127.0.0.1",
            "--port", str(free_port()), "--ws-port", str(ws_port), "--status-port", str(free_port()),
-           "--http-port", str(free_port()),
+           "--http-port", str(http_port),
            "--max-num-streams", str(max_streams), *shlex.split(flags)]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -111,7 +133,7 @@ def start_server(flags: str, max_streams: int) -> tuple[subprocess.Popen, str]:
     for line in proc.stdout:
         if line.startswith("parakeet-server:"):
             print(f"# server up in {time.perf_counter() - started:.1f} s: {line.strip()}")
-            return proc, f"ws://127.0.0.1:{ws_port}"
+            return proc, f"ws://127.0.0.1:{ws_port}", f"http://127.0.0.1:{http_port}"
     raise RuntimeError("server exited before it was ready")
 
 
@@ -123,24 +145,30 @@ def main() -> None:
     ap.add_argument("--packet-ms", type=int, default=80)
     ap.add_argument("--lag-budget-ms", type=float, default=300.0)
     ap.add_argument("--start-server", metavar="FLAGS", help="start `parakeet-server serve FLAGS` for the run")
+    ap.add_argument("--http-url", help="the server's HTTP port, for step figures from /metrics "
+                    "(known when --start-server is used)")
     args = ap.parse_args()
     levels = [int(n) for n in args.streams.split(",")]
     audio = pseudo_speech(args.seconds, seed=3)
     proc = None
-    url = args.url
+    url, http_url = args.url, args.http_url
     if args.start_server is not None:
-        proc, url = start_server(args.start_server, max(levels))
+        proc, url, http_url = start_server(args.start_server, max(levels))
     try:
-        print(f"{'streams':>8}{'p50 lag':>10}{'p95 lag':>10}{'p50 final':>11}{'p95 final':>11}{'failed':>8}")
+        print(f"{'streams':>8}{'p50 lag':>10}{'p95 lag':>10}{'p50 final':>11}{'p95 final':>11}{'failed':>8}"
+              f"{'step':>9}{'batch':>7}")
         best = 0
         for n in levels:
+            before = server_steps(http_url)
             results = asyncio.run(run_level(url, n, audio, args.packet_ms))
+            steps, seconds, stepped = (b - a for a, b in zip(before, server_steps(http_url)))
             ok = [r for r in results if r.error is None]
             lags = [x for r in ok for x in r.lags]
             finals = [r.final_latency for r in ok if r.final_latency is not None]
             failed = len(results) - len(ok)
             print(f"{n:>8}{pct(lags, 50):>8.0f}ms{pct(lags, 95):>8.0f}ms{pct(finals, 50):>9.0f}ms"
-                  f"{pct(finals, 95):>9.0f}ms{failed:>8}", flush=True)
+                  f"{pct(finals, 95):>9.0f}ms{failed:>8}{_mean(seconds * 1000, steps):>7.1f}ms"
+                  f"{_mean(stepped, steps):>7.1f}", flush=True)
             for r in results:
                 if r.error:
                     print(f"#   failure: {r.error}")

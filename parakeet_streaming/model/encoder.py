@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from parakeet_streaming.config import EncoderConfig
+from parakeet_streaming.model.linear import Linear, linear
 
 
 @dataclass
@@ -95,7 +96,7 @@ class Subsampling(nn.Module):
         freq = cfg.feat_in
         for _ in range(stages):
             freq = freq // 2 + 1
-        self.out = nn.Linear(ch * freq, cfg.d_model)
+        self.out = Linear(ch * freq, cfg.d_model)
 
     def forward(self, mel: Tensor, length: Tensor) -> tuple[Tensor, Tensor]:
         """mel (B, T, F) -> (B, T', D). Every stage's output is zero at and past its valid length,
@@ -107,6 +108,8 @@ class Subsampling(nn.Module):
         for depthwise, pointwise in zip(stages[0::3], stages[1::3]):
             y = depthwise(x.permute(0, 3, 1, 2))  # a channels-last view in, channels-last out
             length = conv_out_length(length)
+            # Plain F.linear: packing gains nothing measurable on these many short rows (bench, both
+            # dtypes) and would change bfloat16 rounding here.
             w = pointwise.weight.view(pointwise.out_channels, -1)
             x = F.linear(y.permute(0, 2, 3, 1), w, pointwise.bias).relu_()
             x.mul_(_time_mask(length, x.size(1)).view(-1, x.size(1), 1, 1).to(x.dtype))
@@ -156,8 +159,8 @@ class RelPositionalEncoding(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, d_model: int, d_ff: int, bias: bool) -> None:
         super().__init__()
-        self.linear1 = nn.Linear(d_model, d_ff, bias=bias)
-        self.linear2 = nn.Linear(d_ff, d_model, bias=bias)
+        self.linear1 = Linear(d_model, d_ff, bias=bias)
+        self.linear2 = Linear(d_ff, d_model, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.linear2(F.silu(self.linear1(x)))
@@ -169,11 +172,11 @@ class RelPositionAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, bias: bool, untie_biases: bool) -> None:
         super().__init__()
         self.h, self.dk = n_heads, d_model // n_heads
-        self.linear_q = nn.Linear(d_model, d_model, bias=bias)
-        self.linear_k = nn.Linear(d_model, d_model, bias=bias)
-        self.linear_v = nn.Linear(d_model, d_model, bias=bias)
-        self.linear_out = nn.Linear(d_model, d_model, bias=bias)
-        self.linear_pos = nn.Linear(d_model, d_model, bias=False)
+        self.linear_q = Linear(d_model, d_model, bias=bias)
+        self.linear_k = Linear(d_model, d_model, bias=bias)
+        self.linear_v = Linear(d_model, d_model, bias=bias)
+        self.linear_out = Linear(d_model, d_model, bias=bias)
+        self.linear_pos = Linear(d_model, d_model, bias=False)
         if untie_biases:
             self.pos_bias_u = nn.Parameter(torch.zeros(n_heads, self.dk))
             self.pos_bias_v = nn.Parameter(torch.zeros(n_heads, self.dk))
@@ -227,12 +230,12 @@ class ConvModule(nn.Module):
         """x (B,T,D); cache (S,D,K-1) per slot, updated in place with the last K-1 GLU frames
         (padded frames zeroed, as NeMo does)."""
         pw1, pw2 = self.pointwise_conv1, self.pointwise_conv2  # 1x1 convs, applied as matmuls
-        g = F.glu(F.linear(x, pw1.weight.view(pw1.out_channels, -1), pw1.bias), dim=-1)
+        g = F.glu(linear(pw1, "weight", x, pw1.weight, pw1.bias), dim=-1)
         g = g.masked_fill(batch.pad.unsqueeze(2), 0.0)
         full = torch.cat([cache[batch.rows], g.transpose(1, 2)], dim=2)
         cache[batch.rows] = full[:, :, -cache.size(2):]
         y = self.batch_norm(self.depthwise_conv(full).transpose(1, 2))
-        return F.linear(F.silu(y), pw2.weight.view(pw2.out_channels, -1), pw2.bias)
+        return linear(pw2, "weight", F.silu(y), pw2.weight, pw2.bias)
 
 
 class ConformerLayer(nn.Module):

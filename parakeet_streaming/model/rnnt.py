@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from parakeet_streaming.config import DecoderConfig
+from parakeet_streaming.model.linear import Linear, linear
 
 TSALLIS_ALPHA = 0.33
 
@@ -64,15 +65,15 @@ class RNNTDecoder(nn.Module):
     def step(self, labels: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Feed labels (B,) -> output (B,H), new (h, c). The blank label embeds to zeros (SOS).
 
-        One time step of nn.LSTM's math written out: two addmm per layer beat the oneDNN RNN
-        primitive for a single step on CPU (bench: ~30% at batch 4 and 32)."""
+        One time step of nn.LSTM's math written out as two (packed) linears per layer, which beat the
+        oneDNN RNN primitive for a single step on CPU (bench: ~30% at batch 4 and 32)."""
         x = self.prediction.embed(labels)
         lstm = self.prediction.dec_rnn.lstm
         hs, cs = [], []
         for layer in range(lstm.num_layers):
             w_ih, w_hh = getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"weight_hh_l{layer}")
             bias = getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")
-            gates = torch.addmm(bias, x, w_ih.t()).addmm_(h[layer], w_hh.t())
+            gates = linear(lstm, f"ih{layer}", x, w_ih, bias).add_(linear(lstm, f"hh{layer}", h[layer], w_hh, None))
             i, f, g, o = gates.chunk(4, dim=1)
             c_new = torch.sigmoid(f) * c[layer] + torch.sigmoid(i) * torch.tanh(g)
             x = torch.sigmoid(o) * torch.tanh(c_new)
@@ -84,10 +85,10 @@ class RNNTDecoder(nn.Module):
 class RNNTJoint(nn.Module):
     def __init__(self, enc_dim: int, cfg: DecoderConfig) -> None:
         super().__init__()
-        self.enc = nn.Linear(enc_dim, cfg.joint_hidden)
-        self.pred = nn.Linear(cfg.pred_hidden, cfg.joint_hidden)
+        self.enc = Linear(enc_dim, cfg.joint_hidden)
+        self.pred = Linear(cfg.pred_hidden, cfg.joint_hidden)
         act = {"relu": nn.ReLU(), "tanh": nn.Tanh(), "sigmoid": nn.Sigmoid()}[cfg.joint_activation]
-        self.joint_net = nn.Sequential(act, nn.Identity(), nn.Linear(cfg.joint_hidden, cfg.vocab_size + 1))
+        self.joint_net = nn.Sequential(act, nn.Identity(), Linear(cfg.joint_hidden, cfg.vocab_size + 1))
 
     def logits(self, f: Tensor, g: Tensor) -> Tensor:
         """f = enc(frame) (B,J), g = pred(output) (B,J) -> (B, V+1)."""
