@@ -40,12 +40,13 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--slots", type=int, default=64)
     args = ap.parse_args()
-    print(f"{'model':<7}{'att':>9}{'dtype':>10}{'weights MiB':>13}{'packed MiB':>12}{'state/stream MiB':>18}{'RSS/stream MiB':>16}")
+    print(f"{'model':<7}{'att':>9}{'dtype':>10}{'weights MiB':>13}{'packed MiB':>12}"
+          f"{'state/stream MiB':>18}{'RSS/stream MiB':>16}")
     for name in args.models.split(","):
         model = load_model(name, load_format="dummy", dtype=args.dtype)
         weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-        audio = np.zeros(Runner(model, 1).chunk_samples * 3, dtype=np.float32)
         warm = Runner(model, 1)  # one step packs the linear weights (model/linear.py) before we measure
+        audio = np.zeros(warm.chunk_samples * 3, dtype=np.float32)
         warm.open(0)
         warm.push(0, audio)
         warm.step([0])
