@@ -20,7 +20,7 @@ from typing import Any, Callable
 from parakeet_streaming.endpointing import Endpointer
 from parakeet_streaming.engine.events import Event, Result, UtteranceEnd
 from parakeet_streaming.engine.runner import StepOutput
-from parakeet_streaming.engine.words import Word, WordBuilder, word_starts
+from parakeet_streaming.engine.words import TranscriptText, Word, WordBuilder, word_starts
 from parakeet_streaming.model.tokenizer import Tokenizer
 
 
@@ -44,16 +44,18 @@ class Stream:
     flushing: bool = False  # a flush is being decoded; commands wait in `backlog`
     backlog: list[Any] = field(default_factory=list)
     _words: WordBuilder = field(init=False)
+    _text: TranscriptText = field(init=False)
 
     def __post_init__(self) -> None:
         starts = self.starts if self.starts is not None else word_starts(self.tokenizer)
         self._words = WordBuilder(self.tokenizer, starts, self.frame_ms)
+        self._text = TranscriptText(self.tokenizer, starts)
 
     def audio_ms(self, samples_covered: int) -> int:
         return samples_covered * 1000 // self.sample_rate
 
     def text(self) -> str:
-        return self.tokenizer.decode(self.token_ids)
+        return self._text.update(self.token_ids)
 
     def covered(self, out: StepOutput) -> int:
         """Stream samples the decoded frames cover."""

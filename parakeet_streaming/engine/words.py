@@ -57,3 +57,37 @@ class WordBuilder:
         word = Word(text, self._start, end, self._conf)
         self._ids = []
         return [word] if text else []
+
+
+@dataclass
+class TranscriptText:
+    """The text of a growing token list, always equal to `tokenizer.decode(ids so far)`, at a cost
+    that does not grow with the transcript: complete words are decoded once and kept.
+
+    SentencePiece text concatenates at word starts: with `a` not empty and `b` starting with a
+    word-start piece, decode(a + b) == decode(a) + decode_continuation(b).
+    """
+
+    tokenizer: Tokenizer
+    starts: list[bool]
+    _seen: int = 0  # ids taken from the caller's list so far
+    _ids: list[int] = field(default_factory=list)  # the ids decode keeps
+    _done: int = 0  # _ids[:_done] are complete words, whose text is _done_text
+    _done_text: str = ""
+
+    def update(self, ids: list[int]) -> str:
+        """The text of `ids`, a list that only ever grows between calls."""
+        self._ids.extend(i for i in ids[self._seen:] if self.tokenizer.is_text(i))
+        self._seen = len(ids)
+        cut = next((j for j in range(len(self._ids) - 1, self._done, -1) if self.starts[self._ids[j]]), 0)
+        if cut > self._done:
+            self._done_text, self._done = self._text(cut), cut
+        return self._text(len(self._ids))
+
+    def _text(self, end: int) -> str:
+        """Text of _ids[:end], from the kept text of the complete words before it."""
+        if self._done > 0:
+            rest = self.tokenizer.decode_continuation(self._ids[self._done:end])
+            if rest is not None:
+                return self._done_text + rest
+        return self.tokenizer.decode(self._ids[:end])

@@ -1,6 +1,7 @@
 """SentencePiece tokenizer with the special pieces of the EOU model family found by name."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import sentencepiece as spm
@@ -65,10 +66,33 @@ class Tokenizer:
     def is_special(self, token_id: int) -> bool:
         return token_id in self._special
 
+    def is_text(self, token_id: int) -> bool:
+        """Does `decode` keep this id (not special, not out of range)?"""
+        return 0 <= token_id < self.vocab_size and token_id not in self._special
+
     def decode(self, ids: list[int]) -> str:
         """Text of `ids` with special pieces and out-of-range ids removed."""
-        keep = [i for i in ids if 0 <= i < self.vocab_size and i not in self._special]
-        return self._sp.DecodeIds(keep)
+        return self._sp.DecodeIds([i for i in ids if self.is_text(i)])
+
+    def decode_continuation(self, ids: list[int]) -> str | None:
+        """Text of `ids` as it reads after earlier text (a leading word-start piece is a space, not
+        dropped as the start of a transcript); None if the vocabulary has no piece to anchor it."""
+        if self._anchor is None:
+            return None
+        anchor, anchor_text = self._anchor
+        return self._sp.DecodeIds([anchor, *(i for i in ids if self.is_text(i))])[len(anchor_text):]
+
+    @functools.cached_property
+    def _anchor(self) -> tuple[int, str] | None:
+        """An ordinary piece that is not a word start, with its text."""
+        sp = self._sp
+        for i in range(self.vocab_size):
+            if i in self._special or sp.IsUnknown(i) or sp.IsControl(i) or sp.IsByte(i) or sp.IsUnused(i):
+                continue
+            piece, text = sp.IdToPiece(i), sp.DecodeIds([i])
+            if text and not piece.startswith("\u2581") and text == piece:
+                return i, text
+        return None
 
     def encode(self, text: str) -> list[int]:
         return self._sp.EncodeAsIds(text)
