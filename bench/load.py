@@ -6,8 +6,10 @@
 For every result message: lag = (wall time since the stream's first audio) - audio_ms / 1000, i.e.
 how far the transcript trails the speaker. Finalization latency = time from the final audio message
 to the final result. Prints p50/p95 of both per N, failures, and the largest N whose p95 lag stays
-within --lag-budget-ms (300 by default), with the server's mean step time and batch size over the
-level (from its /metrics). Client and server share this machine's cores; the numbers
+within --lag-budget-ms (300 by default). From the server's /metrics over each level: its mean step
+time and batch size, and "srv" p50/p95, the server's decode lag (audio arrival at the engine to the
+end of the step that decoded it, for every step, with or without new tokens; interpolated within
+histogram buckets). Client and server share this machine's cores; the numbers
 include the client's own cost.
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import asyncio
 import base64
 import json
+import math
 import os
 import random
 import shlex
@@ -105,20 +108,55 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_steps(http_url: str | None) -> tuple[float, float, float]:
-    """(steps, step seconds, streams stepped) so far, from the server's /metrics; zeros without it."""
+@dataclass
+class ServerFigures:
+    """Counters from the server's /metrics (all zero without an HTTP URL); levels subtract two."""
+
+    steps: float = 0.0
+    step_seconds: float = 0.0
+    stepped: float = 0.0  # streams summed over steps
+    lag_buckets: dict[float, float] = field(default_factory=dict)  # decode lag: upper bound -> cumulative count
+
+    def minus(self, other: "ServerFigures") -> "ServerFigures":
+        return ServerFigures(self.steps - other.steps, self.step_seconds - other.step_seconds,
+                             self.stepped - other.stepped,
+                             {le: n - other.lag_buckets.get(le, 0.0) for le, n in self.lag_buckets.items()})
+
+    def lag_quantile(self, q: float) -> float:
+        """Decode lag quantile in ms, interpolated within its histogram bucket."""
+        bounds = sorted(self.lag_buckets)
+        total = self.lag_buckets.get(math.inf, 0.0)
+        if total <= 0:
+            return float("nan")
+        lower, below = 0.0, 0.0
+        for le in bounds:
+            count = self.lag_buckets[le]
+            if count >= q * total:
+                if math.isinf(le):
+                    return lower * 1000
+                return (lower + (le - lower) * (q * total - below) / max(count - below, 1e-9)) * 1000
+            lower, below = le, count
+        return float("nan")
+
+
+def server_figures(http_url: str | None) -> ServerFigures:
     if http_url is None:
-        return 0.0, 0.0, 0.0
+        return ServerFigures()
     with urllib.request.urlopen(f"{http_url}/metrics", timeout=10) as resp:
         text = resp.read().decode()
-    values = {}
+    fig = ServerFigures()
     for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in ("parakeet_step_duration_seconds_count", "parakeet_step_duration_seconds_sum",
-                    "parakeet_batch_size_sum"):
-            values[name] = float(value)
-    return (values.get("parakeet_step_duration_seconds_count", 0.0),
-            values.get("parakeet_step_duration_seconds_sum", 0.0), values.get("parakeet_batch_size_sum", 0.0))
+        name, _, value = line.rpartition(" ")
+        if name == "parakeet_step_duration_seconds_count":
+            fig.steps = float(value)
+        elif name == "parakeet_step_duration_seconds_sum":
+            fig.step_seconds = float(value)
+        elif name == "parakeet_batch_size_sum":
+            fig.stepped = float(value)
+        elif name.startswith("parakeet_decode_lag_seconds_bucket{"):
+            le = name.split('le="')[1].split('"')[0]
+            fig.lag_buckets[float(le)] = float(value)
+    return fig
 
 
 def start_server(flags: str, max_streams: int) -> tuple[subprocess.Popen, str, str]:
@@ -156,19 +194,20 @@ def main() -> None:
         proc, url, http_url = start_server(args.start_server, max(levels))
     try:
         print(f"{'streams':>8}{'p50 lag':>10}{'p95 lag':>10}{'p50 final':>11}{'p95 final':>11}{'failed':>8}"
-              f"{'step':>9}{'batch':>7}")
+              f"{'step':>9}{'batch':>7}{'srv p50':>9}{'srv p95':>9}")
         best = 0
         for n in levels:
-            before = server_steps(http_url)
+            before = server_figures(http_url)
             results = asyncio.run(run_level(url, n, audio, args.packet_ms))
-            steps, seconds, stepped = (b - a for a, b in zip(before, server_steps(http_url)))
+            server = server_figures(http_url).minus(before)
             ok = [r for r in results if r.error is None]
             lags = [x for r in ok for x in r.lags]
             finals = [r.final_latency for r in ok if r.final_latency is not None]
             failed = len(results) - len(ok)
             print(f"{n:>8}{pct(lags, 50):>8.0f}ms{pct(lags, 95):>8.0f}ms{pct(finals, 50):>9.0f}ms"
-                  f"{pct(finals, 95):>9.0f}ms{failed:>8}{_mean(seconds * 1000, steps):>7.1f}ms"
-                  f"{_mean(stepped, steps):>7.1f}", flush=True)
+                  f"{pct(finals, 95):>9.0f}ms{failed:>8}{_mean(server.step_seconds * 1000, server.steps):>7.1f}ms"
+                  f"{_mean(server.stepped, server.steps):>7.1f}{server.lag_quantile(0.5):>7.0f}ms"
+                  f"{server.lag_quantile(0.95):>7.0f}ms", flush=True)
             for r in results:
                 if r.error:
                     print(f"#   failure: {r.error}")

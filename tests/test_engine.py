@@ -312,3 +312,35 @@ def test_shutdown_fails_live_streams_and_refuses_new_ones(tiny_model, short_spee
     assert not any(isinstance(e, Result) and e.is_final for e in got)
     with pytest.raises(ServerFull):  # EngineStopped: transports turn the client away the same way
         eng.open_stream(lambda e: None).result(1)
+
+
+def test_decode_lag_counts_from_the_audio_arrival(engine, speech) -> None:
+    """All audio sent at once: the last chunk waited for every step before it, so its decode lag is
+    at least the sum of the stream's step times; every step that decoded new audio is observed."""
+    before = engine.stats_snapshot()
+    stream_id, events = collect(engine)
+    engine.send_audio(stream_id, speech, final=True)
+    drain_until_final(events)
+    after = engine.stats_snapshot()
+    lag, steps = after.decode_lag, after.steps - before.steps
+    observed = sum(lag.counts) - sum(before.decode_lag.counts)
+    assert observed == steps > 3
+    step_total = after.step_seconds.total - before.step_seconds.total
+    highest = max(i for i, n in enumerate(lag.counts) if n > before.decode_lag.counts[i])
+    upper = lag.bounds[highest] if highest < len(lag.bounds) else float("inf")
+    assert upper >= step_total
+    assert lag.total - before.decode_lag.total >= step_total
+
+
+def test_arrivals_are_matched_to_covered_samples() -> None:
+    from parakeet_streaming.engine.stream import Stream
+    from parakeet_streaming.model.tokenizer import Tokenizer
+
+    stream = Stream(1, 0, lambda ev: None, Tokenizer.synthetic(40), 16000)
+    stream.arrivals.extend([(1280, 1.0), (2560, 2.0), (3840, 3.0)])
+    assert stream.arrived(1000) == 1.0
+    assert stream.arrived(1281) == 2.0  # needs the second packet
+    assert stream.arrived(2560) == 2.0
+    assert stream.arrived(3840) == 3.0
+    assert stream.arrived(3841) is None  # not received (cannot happen: nothing decodes unreceived audio)
+    assert list(stream.arrivals) == [(3840, 3.0)]

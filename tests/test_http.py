@@ -89,6 +89,10 @@ async def test_metrics_follow_streams(engine_factory, short_speech):
         assert after[("parakeet_batch_size_bucket", (("le", "1.0"),))] >= steps
         assert after[("parakeet_step_duration_seconds_bucket", (("le", "+Inf"),))] == \
             after[("parakeet_step_duration_seconds_count", ())]
+        # One stream: every step but the warm-up decoded new audio of it.
+        assert after[("parakeet_decode_lag_seconds_count", ())] == steps
+        assert after[("parakeet_decode_lag_seconds_sum", ())] >= after[("parakeet_step_duration_seconds_sum", ())] \
+            - before[("parakeet_step_duration_seconds_sum", ())]
         rtf = after[("parakeet_real_time_factor", ())]
         assert rtf > 0
         assert abs(rtf - after[("parakeet_step_duration_seconds_sum", ())] / audio_s) < 1e-6

@@ -43,6 +43,7 @@ class _Audio:
     stream_id: int
     samples: np.ndarray
     final: bool
+    at: float  # perf_counter when the transport handed it over
 
 
 @dataclass
@@ -122,7 +123,7 @@ class Engine:
         return future
 
     def send_audio(self, stream_id: int, samples: np.ndarray, final: bool = False) -> None:
-        self._inbox.put(_Audio(stream_id, np.asarray(samples, dtype=np.float32), final))
+        self._inbox.put(_Audio(stream_id, np.asarray(samples, dtype=np.float32), final, time.perf_counter()))
 
     def finalize(self, stream_id: int) -> None:
         self._inbox.put(_Finalize(stream_id))
@@ -142,7 +143,7 @@ class Engine:
         """A copy of the counters, safe to read from any thread (values may be one step stale)."""
         st = self.stats
         return EngineStats(st.active_streams, st.free_slots, st.steps, dict(st.extra),
-                           st.step_seconds.copy(), st.batch_size.copy())
+                           st.step_seconds.copy(), st.batch_size.copy(), st.decode_lag.copy())
 
     # ---- the loop -------------------------------------------------------------------------
     def _run(self) -> None:
@@ -239,6 +240,7 @@ class Engine:
         elif isinstance(cmd, _Audio):
             if not stream.finishing and len(cmd.samples):
                 stream.samples += len(cmd.samples)
+                stream.arrivals.append((stream.samples, cmd.at))
                 self.runner.push(stream.slot, cmd.samples)
                 if self._uses_vad(stream):
                     self.vad.push(stream.slot, cmd.samples)
@@ -380,11 +382,14 @@ class Engine:
         st.extra["max_batch_size"] = max(st.extra.get("max_batch_size", 0.0), float(batch))
         st.extra["last_step_seconds"] = seconds
         st.extra["last_batch_size"] = float(batch)
-        covered = 0
+        covered, now = 0, time.perf_counter()
         for out in outputs:  # stream audio this step's frames newly cover, from each running total
             stream = self._by_slot[out.slot]
-            covered += stream.covered(out) - stream.samples_covered
-            stream.samples_covered = stream.covered(out)
+            new = stream.covered(out)
+            if new > stream.samples_covered and (arrived := stream.arrived(new)) is not None:
+                st.decode_lag.observe(now - arrived)
+            covered += new - stream.samples_covered
+            stream.samples_covered = new
         self._bump("audio_seconds_total", covered / self.runner.sample_rate)
 
     def _bump(self, key: str, by: float = 1.0) -> None:

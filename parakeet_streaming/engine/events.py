@@ -56,6 +56,7 @@ class ServerFull(Exception):
 
 STEP_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+DECODE_LAG_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
 @dataclass
@@ -87,3 +88,5 @@ class EngineStats:
     extra: dict[str, float] = field(default_factory=dict)
     step_seconds: Buckets = field(default_factory=lambda: Buckets(STEP_SECONDS_BUCKETS))
     batch_size: Buckets = field(default_factory=lambda: Buckets(BATCH_SIZE_BUCKETS))
+    # Per stream and step: from the arrival of the audio its newest decoded frame needs to the step's end.
+    decode_lag: Buckets = field(default_factory=lambda: Buckets(DECODE_LAG_BUCKETS))

@@ -14,6 +14,7 @@ slot's model state and the stream goes on as a new segment. Times stay on the st
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -43,6 +44,7 @@ class Stream:
     finishing: bool = False
     flushing: bool = False  # a flush is being decoded; commands wait in `backlog`
     backlog: list[Any] = field(default_factory=list)
+    arrivals: deque[tuple[int, float]] = field(default_factory=deque)  # (samples received, when), not yet decoded
     _words: WordBuilder = field(init=False)
     _text: TranscriptText = field(init=False)
 
@@ -56,6 +58,12 @@ class Stream:
 
     def text(self) -> str:
         return self._text.update(self.token_ids)
+
+    def arrived(self, sample: int) -> float | None:
+        """When the audio up to stream sample `sample` had arrived (forgetting earlier arrivals)."""
+        while len(self.arrivals) > 1 and self.arrivals[0][0] < sample:
+            self.arrivals.popleft()
+        return self.arrivals[0][1] if self.arrivals and self.arrivals[0][0] >= sample else None
 
     def covered(self, out: StepOutput) -> int:
         """Stream samples the decoded frames cover."""

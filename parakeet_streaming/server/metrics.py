@@ -66,6 +66,9 @@ class _ServerCollector:
         yield _histogram("parakeet_step_duration_seconds", "Wall time of one batched model step",
                          stats.step_seconds)
         yield _histogram("parakeet_batch_size", "Streams decoded together in one model step", stats.batch_size)
+        yield _histogram("parakeet_decode_lag_seconds",
+                         "Per stream and step: seconds from the arrival of the audio the newest decoded frame "
+                         "needs to the end of the step that decoded it", stats.decode_lag)
         audio = extra.get("audio_seconds_total", 0.0)
         yield _counter("parakeet_audio_seconds", "Seconds of stream audio decoded", audio)
         yield _counter("parakeet_streams_opened", "Streams the engine opened", extra.get("streams_opened", 0.0))
