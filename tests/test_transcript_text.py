@@ -29,8 +29,8 @@ def byte_fallback_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Tokeniz
 
 
 def tokenizers(byte_fallback: Tokenizer) -> list[Tokenizer]:
-    return [Tokenizer.synthetic(1026, (EOU_PIECE, EOB_PIECE)), load_nemo_archive(GOLDEN / "small" / "model.nemo").tokenizer,
-            byte_fallback]
+    trained = load_nemo_archive(GOLDEN / "small" / "model.nemo").tokenizer
+    return [Tokenizer.synthetic(1026, (EOU_PIECE, EOB_PIECE)), trained, byte_fallback]
 
 
 def test_equals_full_decode_on_random_streams(byte_fallback_tokenizer: Tokenizer) -> None:
