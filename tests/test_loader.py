@@ -220,3 +220,28 @@ def test_dummy_named_models_decode(speech) -> None:
     model = load_model("small", load_format="dummy")
     tokens, frames, _ = run_alone(model, speech[:32000])
     assert 0 < len(tokens) <= 10 * frames
+
+
+def test_dummy_small_emits_steadily_over_a_long_stream() -> None:
+    """Benchmarks rely on it (model/dummy.py): after the first seconds, every 4 s of a 24 s stream
+    emits some tokens and not a burst on every frame, and <EOU> is among them."""
+    from parakeet_streaming.engine.runner import Runner
+    from parakeet_streaming.model.loader import pseudo_speech
+
+    model = load_model("small", load_format="dummy")
+    runner = Runner(model, 1)
+    runner.open(0)
+    runner.push(0, pseudo_speech(24.0, seed=3))
+    runner.finish(0)
+    frames: list[int] = []
+    tokens: list[int] = []
+    while runner.ready(0):
+        out = runner.step([0])[0]
+        frames += out.token_frames
+        tokens += out.token_ids
+    window = 50  # frames of 80 ms
+    rates = [sum(start <= f < start + window for f in frames) / window for start in range(window, 300, window)]
+    assert all(0.05 <= r <= 1.5 for r in rates), rates
+    per_frame = [frames.count(f) for f in set(frames)]
+    assert sum(per_frame) / len(per_frame) < 4
+    assert model.tokenizer.eou_id in tokens

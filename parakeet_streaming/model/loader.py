@@ -25,6 +25,7 @@ import yaml
 
 from parakeet_streaming.config import ConfigError, ModelConfig
 from parakeet_streaming.model.asr import ASRModel
+from parakeet_streaming.model.dummy import design_decoding
 from parakeet_streaming.model.tokenizer import EOB_PIECE, EOU_PIECE, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -120,13 +121,17 @@ def set_precision(model: ASRModel, dtype: str) -> ASRModel:
 
 
 def build_dummy(name: str, seed: int = 0) -> ASRModel:
-    """A named model's real architecture with random weights and a synthetic tokenizer."""
+    """A named model's real architecture with random weights adjusted to decode like a trained
+    model (model/dummy.py), and a synthetic tokenizer."""
     named = _named(name)
     cfg = ModelConfig.from_nemo(named.config)
     tok = Tokenizer.synthetic(cfg.decoder.vocab_size, named.special_pieces)
     model = ASRModel(cfg, tok, name=f"{name} (dummy weights)")
     model.randomize(seed)
-    calibrate_joint_bias(model, pseudo_speech(12.0, seed))  # long enough to fill the attention cache
+    frames = design_decoding(model, pseudo_speech(16.0, seed), seed=seed)
+    if tok.eou_id is not None:
+        with torch.no_grad():
+            _relabel_as_eou(model, frames.unsqueeze(0), torch.tensor([frames.size(0)]), tok.eou_id, 0.08)
     return model
 
 
