@@ -213,7 +213,8 @@ def _relabel_as_eou(model: ASRModel, enc: torch.Tensor, length: torch.Tensor, eo
     pick = min(counts, key=lambda t: (abs(counts[t] - share), t != eou))
     if pick == eou:
         return
-    for param in (model.joint.joint_net[2].weight, model.joint.joint_net[2].bias, model.decoder.prediction.embed.weight):
+    out = model.joint.joint_net[2]
+    for param in (out.weight, out.bias, model.decoder.prediction.embed.weight):
         param[[pick, eou]] = param[[eou, pick]].clone()
 
 
