@@ -36,7 +36,7 @@ def design_decoding(model: ASRModel, samples: np.ndarray, emit_rate: float = 0.4
     _damp_branches(model)
     codes = _token_codes(model, seed)
     _remembering_predictor(model, codes)
-    frames = _encoder_frames(model, samples)
+    frames = encoder_frames(model, samples)
     _scale_frame_projection(model, frames)
     steady = frames[STEADY_FROM_FRAME:]
     _fit_blank_threshold(model, steady, emit_rate)
@@ -85,7 +85,8 @@ def _remembering_predictor(model: ASRModel, codes: torch.Tensor) -> None:
     out.bias.zero_()
 
 
-def _encoder_frames(model: ASRModel, samples: np.ndarray) -> torch.Tensor:
+def encoder_frames(model: ASRModel, samples: np.ndarray) -> torch.Tensor:
+    """The encoder output of `samples` streamed through one slot, chunk by chunk, as (T, D)."""
     from parakeet_streaming.engine.runner import Runner
 
     runner = Runner(model, 1)
@@ -111,16 +112,22 @@ def _scale_frame_projection(model: ASRModel, frames: torch.Tensor) -> None:
 
 def _fit_blank_threshold(model: ASRModel, frames: torch.Tensor, emit_rate: float) -> None:
     """The blank logit (a constant) at which greedy decoding emits about `emit_rate` tokens per frame."""
-    greedy, bias, blank = model.greedy, model.joint.joint_net[2].bias, model.tokenizer.blank_id
+    bias, blank = model.joint.joint_net[2].bias, model.tokenizer.blank_id
     enc, length = frames.unsqueeze(0), torch.tensor([frames.size(0)])
 
     def rate(threshold: float) -> float:
         bias[blank] = threshold
-        emitted, _ = greedy.decode(enc, length, greedy.initial_state(1, enc.device, enc.dtype))
-        return len(emitted.tokens[0]) / frames.size(0)
+        return tokens_per_frame(model, enc, length)
 
     lo, hi = 0.0, 16.0
     for _ in range(14):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if rate(mid) >= emit_rate else (lo, mid)
     bias[blank] = lo
+
+
+def tokens_per_frame(model: ASRModel, enc: torch.Tensor, length: torch.Tensor) -> float:
+    """Tokens greedy decoding emits per frame on encoder output `enc` (1, T, D), from a fresh state."""
+    state = model.greedy.initial_state(1, enc.device, enc.dtype)
+    emitted, _ = model.greedy.decode(enc, length, state)
+    return len(emitted.tokens[0]) / enc.size(1)

@@ -25,7 +25,7 @@ import yaml
 
 from parakeet_streaming.config import ConfigError, ModelConfig
 from parakeet_streaming.model.asr import ASRModel
-from parakeet_streaming.model.dummy import design_decoding
+from parakeet_streaming.model.dummy import design_decoding, encoder_frames, tokens_per_frame
 from parakeet_streaming.model.tokenizer import EOB_PIECE, EOU_PIECE, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -151,30 +151,19 @@ def calibrate_joint_bias(model: ASRModel, samples: np.ndarray, emit_rate: float 
     """Shift the joint's output bias so random weights decode like a real model: blank wins on
     most frames (about `emit_rate` of frames emit), and `<EOU>` is sometimes the emitted token.
     Without this, random weights emit max_symbols tokens on every frame."""
-    from parakeet_streaming.engine.runner import Runner
-
-    runner = Runner(model, 1)
-    runner.open(0)
-    runner.push(0, samples)
-    runner.finish(0)
-    frames = []
-    while runner.ready(0):
-        runner.step([0])
-        if runner.last_encoder_output is not None:
-            _, out, t_len = runner.last_encoder_output
-            frames.append(out[0, : int(t_len[0])])
-    _spread_encoder_projection(model, torch.cat(frames))
+    frames = encoder_frames(model, samples)
+    _spread_encoder_projection(model, frames)
     bias = model.joint.joint_net[2].bias
     blank, eou = model.tokenizer.blank_id, model.tokenizer.eou_id
     # The largest blank boost that still leaves greedy decoding of the calibration audio emitting
     # at least emit_rate tokens per frame (random weights switch sharply from "always" to "never").
-    enc_out = torch.cat(frames).unsqueeze(0)
+    enc_out = frames.unsqueeze(0)
     length = torch.tensor([enc_out.size(1)])
     base = float(bias[blank])
 
     def rate(shift: float) -> float:
         bias[blank] = base + shift
-        return _emit_rate(model, enc_out, length)
+        return tokens_per_frame(model, enc_out, length)
 
     lo, hi = 0.0, 1.0
     while rate(hi) >= emit_rate and hi < 1e4:
@@ -216,12 +205,6 @@ def _relabel_as_eou(model: ASRModel, enc: torch.Tensor, length: torch.Tensor, eo
     out = model.joint.joint_net[2]
     for param in (out.weight, out.bias, model.decoder.prediction.embed.weight):
         param[[pick, eou]] = param[[eou, pick]].clone()
-
-
-def _emit_rate(model: ASRModel, enc: torch.Tensor, length: torch.Tensor) -> float:
-    state = model.greedy.initial_state(1, enc.device, enc.dtype)
-    em, _ = model.greedy.decode(enc, length, state)
-    return len(em.tokens[0]) / enc.size(1)
 
 
 def _named(name: str) -> NamedModel:
