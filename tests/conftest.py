@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from calibration import calibrate_joint_bias
 
 from parakeet_streaming.config import ModelConfig
 from parakeet_streaming.model.asr import ASRModel
-from parakeet_streaming.model.loader import _builtin_config, calibrate_joint_bias
+from parakeet_streaming.model.loader import _builtin_config
 from parakeet_streaming.model.tokenizer import EOB_PIECE, EOU_PIECE, Tokenizer
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from calibration import calibrate_joint_bias
 from conftest import espeak_wav, read_wav, tiny_config
 from server_helpers import chunks, running_server, tokens_of, transcribe_over
 
@@ -15,7 +16,6 @@ from parakeet_streaming.endpointing import (DEFAULT_SILENCE_MS_WITHOUT_EOU, Endp
                                             resolve, silero_weights_dir)
 from parakeet_streaming.engine.engine import Engine, transcribe
 from parakeet_streaming.model.asr import ASRModel
-from parakeet_streaming.model.loader import calibrate_joint_bias
 from parakeet_streaming.model.tokenizer import Tokenizer
 from parakeet_streaming.server.app import build_engine
 

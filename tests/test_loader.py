@@ -225,7 +225,7 @@ def test_dummy_small_emits_steadily_over_a_long_stream() -> None:
     """Benchmarks rely on it (model/dummy.py): after the first seconds, every 4 s of a 24 s stream
     emits some tokens and not a burst on every frame, and <EOU> is among them."""
     from parakeet_streaming.engine.runner import Runner
-    from parakeet_streaming.model.loader import pseudo_speech
+    from parakeet_streaming.model.dummy import pseudo_speech
 
     model = load_model("small", load_format="dummy")
     runner = Runner(model, 1)
@@ -244,3 +244,46 @@ def test_dummy_small_emits_steadily_over_a_long_stream() -> None:
     per_frame = [frames.count(f) for f in set(frames)]
     assert sum(per_frame) / len(per_frame) < 4
     assert model.tokenizer.eou_id in tokens
+
+
+def test_dummy_design_is_fitted_once_then_read_from_the_cache(tmp_path, monkeypatch) -> None:
+    """The calibration run's result is kept per architecture and seed: a second build reads it
+    (no encoder run) and gives the same weights bit for bit; another seed is fitted anew."""
+    from conftest import tiny_config
+
+    from parakeet_streaming.model import dummy
+    from parakeet_streaming.model.tokenizer import EOB_PIECE, EOU_PIECE
+
+    def designed(seed: int) -> ASRModel:
+        model = ASRModel(tiny_config(), Tokenizer.synthetic(40, (EOU_PIECE, EOB_PIECE)), name="tiny")
+        model.randomize(seed, std=0.2)
+        dummy.design_decoding(model, seed, cache=tmp_path)
+        return model
+
+    fitted = designed(0)
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+
+    def no_run(*args):
+        raise AssertionError("the cached design should not run the encoder")
+
+    with monkeypatch.context() as m:
+        m.setattr(dummy, "encoder_frames", no_run)
+        cached = designed(0)
+    for key, value in fitted.state_dict().items():
+        assert torch.equal(cached.state_dict()[key], value), key
+    assert fitted.tokenizer.eou_id is not None
+    designed(1)
+    assert len(list(tmp_path.glob("*.pt"))) == 2
+    (next(tmp_path.glob("*.pt"))).write_bytes(b"damaged")  # a damaged file is fitted again, not fatal
+    designed(0), designed(1)
+    assert len(list(tmp_path.glob("*.pt"))) == 2
+
+
+def test_dummy_cache_dir_follows_the_environment(tmp_path, monkeypatch) -> None:
+    from parakeet_streaming.model.dummy import cache_dir
+
+    monkeypatch.delenv("PARAKEET_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "parakeet-streaming" / "dummy"
+    monkeypatch.setenv("PARAKEET_CACHE_DIR", str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine" / "dummy"

@@ -19,13 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 
 from parakeet_streaming.config import ConfigError, ModelConfig
 from parakeet_streaming.model.asr import ASRModel
-from parakeet_streaming.model.dummy import design_decoding, encoder_frames, tokens_per_frame
+from parakeet_streaming.model.dummy import design_decoding, pseudo_speech  # noqa: F401 (pseudo_speech: for bench/)
 from parakeet_streaming.model.tokenizer import EOB_PIECE, EOU_PIECE, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -128,83 +127,8 @@ def build_dummy(name: str, seed: int = 0) -> ASRModel:
     tok = Tokenizer.synthetic(cfg.decoder.vocab_size, named.special_pieces)
     model = ASRModel(cfg, tok, name=f"{name} (dummy weights)")
     model.randomize(seed)
-    frames = design_decoding(model, pseudo_speech(16.0, seed), seed=seed)
-    if tok.eou_id is not None:
-        with torch.no_grad():
-            _relabel_as_eou(model, frames.unsqueeze(0), torch.tensor([frames.size(0)]), tok.eou_id, 0.08)
+    design_decoding(model, seed)
     return model
-
-
-def pseudo_speech(seconds: float, seed: int = 0, rate: int = 16000) -> np.ndarray:
-    """Deterministic noise bursts with pauses: enough structure to calibrate random weights."""
-    rng = np.random.default_rng(seed)
-    n = int(seconds * rate)
-    t = np.arange(n) / rate
-    envelope = (np.sin(2 * np.pi * 1.7 * t) > -0.2).astype(np.float32)
-    voiced = 0.3 * np.sin(2 * np.pi * 140 * t) * (1 + 0.5 * np.sin(2 * np.pi * 5 * t))
-    return ((voiced + 0.05 * rng.standard_normal(n)) * envelope).astype(np.float32)
-
-
-@torch.no_grad()
-def calibrate_joint_bias(model: ASRModel, samples: np.ndarray, emit_rate: float = 0.3,
-                         eou_rate: float = 0.08) -> None:
-    """Shift the joint's output bias so random weights decode like a real model: blank wins on
-    most frames (about `emit_rate` of frames emit), and `<EOU>` is sometimes the emitted token.
-    Without this, random weights emit max_symbols tokens on every frame."""
-    frames = encoder_frames(model, samples)
-    _spread_encoder_projection(model, frames)
-    bias = model.joint.joint_net[2].bias
-    blank, eou = model.tokenizer.blank_id, model.tokenizer.eou_id
-    # The largest blank boost that still leaves greedy decoding of the calibration audio emitting
-    # at least emit_rate tokens per frame (random weights switch sharply from "always" to "never").
-    enc_out = frames.unsqueeze(0)
-    length = torch.tensor([enc_out.size(1)])
-    base = float(bias[blank])
-
-    def rate(shift: float) -> float:
-        bias[blank] = base + shift
-        return tokens_per_frame(model, enc_out, length)
-
-    lo, hi = 0.0, 1.0
-    while rate(hi) >= emit_rate and hi < 1e4:
-        lo, hi = hi, hi * 2
-    for _ in range(10):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if rate(mid) >= emit_rate else (lo, mid)
-    bias[blank] = base + lo
-    if eou is not None:
-        _relabel_as_eou(model, enc_out, length, eou, eou_rate)
-
-
-def _spread_encoder_projection(model: ASRModel, enc: torch.Tensor, gain: float = 20.0) -> None:
-    """Random encoders give frames that differ little from each other, so one token wins everywhere.
-    Centre the joint's encoder projection on the calibration audio and scale it to `gain` times the
-    spread of the predictor projection, so that which token wins depends on the frame."""
-    proj = model.joint.enc
-    f = enc.float() @ proj.weight.float().T
-    labels = torch.arange(model.tokenizer.blank_id + 1)
-    cfg = model.config.decoder
-    zeros = torch.zeros(cfg.pred_rnn_layers, labels.numel(), cfg.pred_hidden)
-    g = model.joint.pred(model.decoder.step(labels, zeros, zeros)[0]).float()
-    scale = gain * float(g.std(0).mean()) / max(float(f.std(0).mean()), 1e-6)
-    proj.weight.mul_(scale)
-    proj.bias.copy_(-(f.mean(0) * scale))
-
-
-def _relabel_as_eou(model: ASRModel, enc: torch.Tensor, length: torch.Tensor, eou: int, share: float) -> None:
-    """Swap <EOU> with an emitted token whose share of emissions is nearest `share` (joint output
-    row and embedding row both), so <EOU> appears without changing the decoding dynamics."""
-    em, _ = model.greedy.decode(enc, length, model.greedy.initial_state(1, enc.device, enc.dtype))
-    tokens = em.tokens[0]
-    if not tokens:
-        return
-    counts = {t: tokens.count(t) / len(tokens) for t in range(model.tokenizer.vocab_size)}
-    pick = min(counts, key=lambda t: (abs(counts[t] - share), t != eou))
-    if pick == eou:
-        return
-    out = model.joint.joint_net[2]
-    for param in (out.weight, out.bias, model.decoder.prediction.embed.weight):
-        param[[pick, eou]] = param[[eou, pick]].clone()
 
 
 def _named(name: str) -> NamedModel:
