@@ -36,7 +36,19 @@ def _mulaw_table() -> np.ndarray:
     return (linear / 32768.0).astype(np.float32)
 
 
+def _alaw_table() -> np.ndarray:
+    """G.711 A-law byte -> linear sample, scaled to [-1, 1) (used by the Deepgram / OpenAI Realtime
+    endpoints; not a native-protocol encoding)."""
+    a = np.arange(256, dtype=np.int32) ^ 0x55
+    exponent = (a >> 4) & 0x07
+    mantissa = a & 0x0F
+    magnitude = np.where(exponent == 0, (mantissa << 4) + 8, ((mantissa << 4) + 0x108) << (exponent - 1))
+    linear = np.where(a & 0x80, magnitude, -magnitude)
+    return (linear / 32768.0).astype(np.float32)
+
+
 _MULAW = _mulaw_table()
+_ALAW = _alaw_table()
 
 
 def decode(payload: bytes, encoding: str) -> np.ndarray:
@@ -51,6 +63,8 @@ def decode(payload: bytes, encoding: str) -> np.ndarray:
         return check_finite(np.frombuffer(payload, dtype="<f4").astype(np.float32))
     if encoding == "mulaw":
         return _MULAW[np.frombuffer(payload, dtype=np.uint8)]
+    if encoding == "alaw":
+        return _ALAW[np.frombuffer(payload, dtype=np.uint8)]
     raise AudioError(f"unsupported encoding {encoding!r} (supported: {', '.join(ENCODINGS)})",
                      code="unsupported_encoding")
 
