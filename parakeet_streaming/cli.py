@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import sys
@@ -66,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-stream-seconds", type=float, default=d.max_stream_seconds)
     serve.add_argument("--idle-timeout", type=float, default=d.idle_timeout,
                        help="seconds without a client message before the stream is closed (0: never)")
+    serve.add_argument("--handshake-timeout", type=float, default=d.handshake_timeout,
+                       help="seconds a connection may stay without sending audio (it holds no stream slot "
+                       "until then; 0: no limit; default: %(default)s)")
+    serve.add_argument("--max-pending-connections", type=int, default=d.max_pending_connections, metavar="N",
+                       help="connections that have sent no audio yet, server-wide (default: 4 x --max-num-streams)")
     serve.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)
     serve.add_argument("--log-level", default=d.log_level, choices=["debug", "info", "warning", "error"])
     _add_endpoint_flags(serve, d)
@@ -109,7 +115,8 @@ def _transcribe(args: argparse.Namespace) -> int:
     except (OSError, audio.AudioError) as exc:
         print(f"parakeet-server transcribe: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    from parakeet_streaming.engine.engine import transcribe
+    from parakeet_streaming.engine.handle import transcribe
+    from parakeet_streaming.server import transcript_formats as fmt
     from parakeet_streaming.server.app import build_engine, load
 
     config = replace(config_from_args(args), max_num_streams=1)
@@ -118,10 +125,10 @@ def _transcribe(args: argparse.Namespace) -> int:
     engine = build_engine(model, config)  # with the endpointing flags: utterances end as when served
     engine.start()
     try:
-        result = transcribe(engine, samples)
+        result = fmt.collect(asyncio.run(transcribe(engine, samples)), len(samples) / model.config.sample_rate)
     finally:
         engine.shutdown()
-    print(json.dumps(result, ensure_ascii=False) if args.json else result["text"])
+    print(json.dumps(fmt.cli_json(result), ensure_ascii=False) if args.json else result.text)
     return 0
 
 

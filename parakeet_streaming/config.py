@@ -30,6 +30,8 @@ class ServerConfig:
     max_num_streams: int = 64
     max_stream_seconds: float = 3600.0
     idle_timeout: float = 30.0  # seconds without any client message before the stream is closed
+    handshake_timeout: float = 10.0  # seconds a connection may wait before its first audio (0: no limit)
+    max_pending_connections: int | None = None  # connections without a slot yet; None: 4 x max_num_streams
     max_message_bytes: int = 8 * 1024 * 1024
     log_level: str = "info"
     api_keys: list[str] = field(default_factory=list)  # empty (and no api_key_file): no authentication

@@ -1,4 +1,5 @@
-"""A stand-in Engine with the real interface and threading model, for session and transport tests.
+"""A stand-in Engine with the real interface (engine/interface.py: EngineAPI) and threading model,
+for session and transport tests.
 
 Every `send_audio` emits one Result whose single token id is the running sample count mod 1000;
 the final Result's text is the total number of samples received, so a test can tell lost audio.
@@ -6,13 +7,14 @@ the final Result's text is the total number of samples received, so a test can t
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import queue
 import threading
 from typing import Callable
 
 import numpy as np
 
-from parakeet_streaming.engine.events import Event, Result, ServerFull
+from parakeet_streaming.engine.events import EngineStats, Event, Result, ServerFull
 
 
 class FakeEngine:
@@ -21,7 +23,8 @@ class FakeEngine:
         self._inbox: queue.Queue = queue.Queue()
         self._sinks: dict[int, Callable[[Event], None]] = {}
         self._totals: dict[int, int] = {}
-        self._next_id = 0
+        self._ids = itertools.count(0)
+        self.stats = EngineStats(free_slots=max_num_streams)
         self._lock = threading.Lock()
         self.aborted: list[int] = []
         self.endpointing: dict[int, int] = {}
@@ -30,6 +33,16 @@ class FakeEngine:
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def phase(self) -> str:
+        return "ready" if self._thread.is_alive() else "stopped"
+
+    def stats_snapshot(self) -> EngineStats:
+        return EngineStats(self.num_active, self.num_free, streams_opened=self.stats.streams_opened)
+
+    def new_stream_id(self) -> int:
+        return next(self._ids)
 
     def shutdown(self, timeout: float = 10.0) -> None:
         self._inbox.put(None)
@@ -44,14 +57,15 @@ class FakeEngine:
     def num_free(self) -> int:
         return self.max_num_streams - self.num_active
 
-    def open_stream(self, sink: Callable[[Event], None]) -> concurrent.futures.Future:
+    def open_stream(self, sink: Callable[[Event], None], stream_id: int | None = None) -> concurrent.futures.Future:
         fut: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
             if len(self._sinks) >= self.max_num_streams:
                 fut.set_exception(ServerFull())
                 return fut
-            sid, self._next_id = self._next_id, self._next_id + 1
+            sid = self.new_stream_id() if stream_id is None else stream_id
             self._sinks[sid], self._totals[sid], self.received[sid] = sink, 0, []
+            self.stats.streams_opened += 1
         fut.set_result(sid)
         return fut
 

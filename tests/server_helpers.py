@@ -1,4 +1,7 @@
-"""Real-socket test helpers: an in-process server on OS-chosen ports, and WS / TCP clients."""
+"""Shared test helpers: an in-process server on OS-chosen ports, WS / TCP clients (one `Client`
+face for both transports, and the `transport` fixture), one polling helper (`until` / `wait_until`),
+`transcribe` (a clip through an engine as `parakeet-server transcribe --json` reports it) and
+server subprocesses."""
 from __future__ import annotations
 
 import asyncio
@@ -11,7 +14,7 @@ import sys
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import numpy as np
 import pytest
@@ -19,9 +22,35 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from parakeet_streaming.config import ServerConfig
+from parakeet_streaming.engine import handle
+from parakeet_streaming.server import transcript_formats as fmt
 from parakeet_streaming.server.app import App
+from parakeet_streaming.server.context import ModelInfo
 
 TIMEOUT = 30.0
+TRANSPORTS = ["ws", "tcp"]
+
+
+def wait_until(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll `pred` (from a thread without an event loop) until it is true."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"{what} not reached within {timeout:g} s"
+        time.sleep(0.01)
+
+
+async def until(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll `pred` on the event loop until it is true."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"{what} not reached within {timeout:g} s"
+        await asyncio.sleep(0.01)
+
+
+def transcribe(engine: Any, samples: np.ndarray) -> dict:
+    """One clip through a started engine, as `parakeet-server transcribe --json` reports it."""
+    events = asyncio.run(handle.transcribe(engine, samples))
+    return fmt.cli_json(fmt.collect(events, len(samples) / 16000))
 
 
 @pytest.fixture
@@ -53,11 +82,7 @@ def engine_factory(request: pytest.FixtureRequest):
 async def running_server(engine: Any, model: Any = None, **overrides: Any) -> AsyncIterator[App]:
     config = ServerConfig(host="127.0.0.1", port=0, ws_port=0, status_port=0, http_port=0,
                           max_num_streams=getattr(engine, "max_num_streams", 4), **overrides)
-    if model is not None:
-        app = App(config, engine, model_name=model.name, model_rate=model.config.sample_rate,
-                  chunk_ms=model.frame_ms * model.chunk_frames)
-    else:
-        app = App(config, engine, model_name="fake", chunk_ms=160)
+    app = App(config, engine, ModelInfo.of(model) if model is not None else ModelInfo("fake", chunk_ms=160))
     await app.start()
     try:
         yield app
@@ -196,11 +221,15 @@ async def transcribe_over(app: App, transport: str, samples: np.ndarray, extra: 
 
 async def settle(app: App, timeout: float = 10.0) -> None:
     """Wait until every stream is gone from the server and the engine (slots free asynchronously)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while (app.ctx.sessions or app.engine.num_active) and loop.time() < deadline:
-        await asyncio.sleep(0.02)
-    assert not app.ctx.sessions and app.engine.num_active == 0
+    await until(lambda: not app.ctx.sessions and app.engine.num_active == 0, timeout, "no streams left")
+
+
+async def hold_slots(app: App, clients: list[Client], samples: np.ndarray, free: int = 0) -> None:
+    """Each client sends `samples` (its first audio, which takes its slot); returns once the engine
+    has `free` slots left."""
+    for client in clients:
+        await client.send_audio(samples)
+    await until(lambda: app.engine.num_free == free, what=f"{free} free slots")
 
 
 CLI = [sys.executable, "-m", "parakeet_streaming.cli"]

@@ -62,7 +62,7 @@ def client_tls(cert: tuple[Path, Path]) -> ssl.SSLContext:
 
 
 def opened(engine) -> float:
-    return engine.stats_snapshot().extra.get("streams_opened", 0.0)
+    return engine.stats_snapshot().streams_opened
 
 
 def rejected(ctx: ServerContext, reason: str = "unauthorized") -> float:

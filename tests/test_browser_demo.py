@@ -30,7 +30,7 @@ def artifacts_dir(tmp_path: Path) -> Path:
 async def test_demo_page_transcribes_fake_microphone(engine_factory, tiny_model, speech, speech_wav, tmp_path):
     if not os.path.exists(CHROMIUM):
         pytest.skip("Debian's chromium is needed (apt-get install chromium)")
-    from parakeet_streaming.engine.engine import transcribe
+    from server_helpers import transcribe
 
     engine, model = engine_factory(2)
     recorder = RecordingEngine(engine)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from client_helpers import RecordingEngine, file_is_in, offline_transcript
-from server_helpers import engine_factory, running_server, settle  # noqa: F401 - fixture
+from server_helpers import engine_factory, running_server, settle, until  # noqa: F401 - fixture
 
 from parakeet_streaming.client import (Eou, Error, Hello, ProtocolViolation, Result, ServerError, StreamClosed,
                                        StreamingClient, SyncStreamingClient, parse_message, transcribe_file,
@@ -139,7 +139,9 @@ async def test_non_fatal_error_is_yielded_and_stream_goes_on(engine_factory, tin
 async def test_server_full_raises_with_code(engine_factory, tiny_model, speech_wav):
     engine, model = engine_factory(1)
     async with running_server(engine, model) as app:
-        async with StreamingClient(url(app)):
+        async with StreamingClient(url(app)) as holder:
+            await holder.send(np.zeros(1600, np.float32))  # its first audio takes the only slot
+            await until(lambda: engine.num_free == 0)
             with pytest.raises(ServerError) as info:
                 await transcribe_file(url(app), speech_wav, speed=0)
         assert info.value.code == "server_full" and info.value.fatal and info.value.final is None
@@ -417,7 +419,7 @@ async def test_cli_mic_streams_until_ctrl_c(engine_factory, tiny_model, speech_w
     (tmp_path / "sounddevice.py").write_text(FAKE_SOUNDDEVICE)
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "FAKE_MIC_WAV": str(speech_wav)}
-    from parakeet_streaming.engine.engine import transcribe
+    from server_helpers import transcribe
 
     engine, model = engine_factory(1)
     recorder = RecordingEngine(engine)
@@ -442,7 +444,9 @@ async def test_cli_mic_streams_until_ctrl_c(engine_factory, tiny_model, speech_w
 async def test_cli_errors(engine_factory, tiny_model, speech_wav, tmp_path):
     engine, model = engine_factory(1)
     async with running_server(engine, model) as app:
-        async with StreamingClient(url(app)):
+        async with StreamingClient(url(app)) as holder:
+            await holder.send(np.zeros(1600, np.float32))  # its first audio takes the only slot
+            await until(lambda: engine.num_free == 0)
             code, _, err = await _run_cli("stream", str(speech_wav), "--url", url(app))
         assert code == 1 and "server_full" in err
     code, _, err = await _run_cli("stream", str(tmp_path / "missing.wav"), "--url", url(app))

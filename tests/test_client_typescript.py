@@ -94,7 +94,7 @@ async def test_typescript_microphone_in_chromium(engine_factory, tiny_model, spe
     playwright = pytest.importorskip("playwright.async_api")
     from aiohttp import web
 
-    from parakeet_streaming.engine.engine import transcribe
+    from server_helpers import transcribe
 
     chromium = shutil.which("chromium")
     if shutil.which("npm") is None or chromium is None:

@@ -9,12 +9,12 @@ import pytest
 import torch
 from calibration import calibrate_joint_bias
 from conftest import espeak_wav, read_wav, tiny_config
-from server_helpers import chunks, running_server, tokens_of, transcribe_over
+from server_helpers import chunks, running_server, tokens_of, transcribe, transcribe_over
 
 from parakeet_streaming.config import ServerConfig
 from parakeet_streaming.endpointing import (DEFAULT_SILENCE_MS_WITHOUT_EOU, EndpointConfig, Endpointer, VadBank,
                                             resolve, silero_weights_dir)
-from parakeet_streaming.engine.engine import Engine, transcribe
+from parakeet_streaming.engine.engine import Engine
 from parakeet_streaming.model.asr import ASRModel
 from parakeet_streaming.model.tokenizer import Tokenizer
 from parakeet_streaming.server.app import build_engine

@@ -8,10 +8,12 @@ import time
 import numpy as np
 import pytest
 
-from parakeet_streaming.engine import scheduler
-from parakeet_streaming.engine.engine import Engine, transcribe
-from parakeet_streaming.engine.events import Result, ServerFull, StreamFailed, UtteranceEnd
+from server_helpers import transcribe, wait_until
 from test_runner import run_alone
+
+from parakeet_streaming.engine import scheduler
+from parakeet_streaming.engine.engine import Engine
+from parakeet_streaming.engine.events import Result, ServerFull, StreamFailed, UtteranceEnd
 
 
 @pytest.fixture
@@ -38,11 +40,7 @@ def drain_until_final(events: queue.SimpleQueue, timeout: float = 30) -> list:
             return out
 
 
-def wait_for(pred, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
+wait_for = wait_until
 
 
 def test_transcribe_equals_runner(engine, tiny_model, speech) -> None:
@@ -263,7 +261,7 @@ def test_failing_step_fails_its_batch_only(engine, tiny_model, short_speech) -> 
     assert isinstance(ev, StreamFailed) and ev.stream_id == sid and "device on fire" in ev.message
     wait_for(lambda: engine.num_active == 0)
     assert len(calls) == 1
-    assert engine.stats_snapshot().extra["step_failures"] == 1
+    assert engine.stats_snapshot().step_failures == 1
     # The engine keeps serving, and a reused slot starts clean.
     assert transcribe(engine, short_speech)["token_ids"] == run_alone(tiny_model, short_speech)[0]
 
@@ -282,7 +280,7 @@ def test_capped_batches_do_not_change_tokens(tiny_model, speech, short_speech) -
     finally:
         eng.shutdown()
     assert got == [run_alone(tiny_model, c)[0] for c in clips]
-    assert stats.extra["max_batch_size"] == 2
+    assert stats.max_batch_size == 2
 
 
 def test_stats_count_steps_and_audio(engine, speech) -> None:
@@ -291,11 +289,11 @@ def test_stats_count_steps_and_audio(engine, speech) -> None:
     after = engine.stats_snapshot()
     steps = after.steps - before.steps
     assert steps > 0
-    audio = after.extra["audio_seconds_total"] - before.extra.get("audio_seconds_total", 0.0)
+    audio = after.audio_seconds - before.audio_seconds
     assert audio == pytest.approx(len(speech) / 16000)
-    assert after.extra["step_seconds_total"] > before.extra.get("step_seconds_total", 0.0)
-    assert after.extra["batch_total"] - before.extra.get("batch_total", 0.0) >= steps
-    assert after.extra["streams_opened"] == before.extra.get("streams_opened", 0.0) + 1
+    assert after.step_seconds.total > before.step_seconds.total
+    assert after.batch_size.total - before.batch_size.total >= steps
+    assert after.streams_opened == before.streams_opened + 1
     assert after.active_streams == 0 and after.free_slots == 4
 
 

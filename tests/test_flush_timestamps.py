@@ -181,12 +181,12 @@ def test_engine_flush_then_finalize_and_stats(engine_factory, short_speech):
         engine.finalize(sid)  # waits behind the flush
         engine.flush(sid)  # after finalizing: ignored
 
-    before = engine.stats_snapshot().extra.get("audio_seconds_total", 0.0)
+    before = engine.stats_snapshot().audio_seconds
     events = engine_events(engine, commands)
     results = [e for e in events if isinstance(e, Result)]
     assert [r.flushed for r in results].count(True) == 1 and results[-1].is_final and not results[-1].flushed
     assert results[-1].audio_ms == len(short_speech) * 1000 // 16000
-    covered = engine.stats_snapshot().extra["audio_seconds_total"] - before
+    covered = engine.stats_snapshot().audio_seconds - before
     assert abs(covered - len(short_speech) / 16000) < 1e-6  # counted once, not once per segment
 
 

@@ -6,8 +6,8 @@ import asyncio
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from server_helpers import (TIMEOUT, engine_factory, finals, open_client, open_stream, running_server,  # noqa: F401
-                            settle, transcribe_over)
+from server_helpers import (TIMEOUT, engine_factory, finals, hold_slots, open_client, open_stream,  # noqa: F401
+                            running_server, settle, transcribe_over)
 
 
 async def get(app, path: str, **kw) -> tuple[int, str]:
@@ -71,10 +71,11 @@ async def test_metrics_follow_streams(engine_factory, short_speech):
         warm_steps = before[("parakeet_step_duration_seconds_count", ())]
 
         client, _ = await open_stream(app, "ws")
+        await hold_slots(app, [client], short_speech[:1600], free=1)  # a stream's first audio takes its slot
         during = await metrics(app)
         assert during[("parakeet_active_streams", ())] == 1 and during[("parakeet_free_slots", ())] == 1
         assert during[("parakeet_connected_streams", ())] == 1
-        await client.send_audio(short_speech, final=True)
+        await client.send_audio(short_speech[1600:], final=True)
         msgs = await client.collect()
         assert finals(msgs)
         await settle(app)
@@ -104,6 +105,7 @@ async def test_metrics_count_errors_and_server_full(engine_factory, short_speech
         client, _ = await open_stream(app, "tcp")
         await client.send("not json")
         assert (await client.recv())["code"] == "bad_json"
+        await hold_slots(app, [client], short_speech[:1600])
         other = await open_client(app, "ws")
         msg = await other.recv()
         assert msg["code"] == "server_full"

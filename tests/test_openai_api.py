@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from client_helpers import offline_transcript
-from server_helpers import engine_factory, running_server, settle  # noqa: F401 - fixture
+from server_helpers import engine_factory, hold_slots, running_server, settle  # noqa: F401 - fixture
 
 from parakeet_streaming.server.transcript_formats import _clock
 
@@ -97,7 +97,8 @@ async def test_file_shares_slots_with_live_streams(engine_factory, tiny_model, s
         from server_helpers import WsClient
 
         conn = await WsClient.open(app, f"/?token={API_KEY}")
-        assert (await conn.recv())["type"] == "hello"  # the only slot is taken
+        assert (await conn.recv())["type"] == "hello"
+        await hold_slots(app, [conn], speech[:1600])  # the only slot is taken
         with open(speech_wav, "rb") as f, pytest.raises(openai.RateLimitError) as info:
             await client.audio.transcriptions.create(file=f, model="parakeet")
         assert info.value.code == "server_full"
@@ -106,7 +107,7 @@ async def test_file_shares_slots_with_live_streams(engine_factory, tiny_model, s
                 metrics = await r.text()
         assert 'parakeet_connections_rejected_total{reason="server_full"} 1.0' in metrics
         assert 'parakeet_errors_total{code="server_full"} 1.0' in metrics
-        await conn.send_audio(speech, final=True)  # the live stream is unaffected
+        await conn.send_audio(speech[1600:], final=True)  # the live stream is unaffected
         msgs = await conn.collect()
         assert msgs[-1]["is_final"] and msgs[-1]["text"] == expected
         await settle(app)

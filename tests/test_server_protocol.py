@@ -11,10 +11,9 @@ import json
 
 import numpy as np
 import pytest
-from server_helpers import (WsClient, chunks, engine_factory, finals, open_client, open_stream,  # noqa: F401
-                            pcm16_b64, running_server, settle, status, tokens_of, transcribe_over)
-
-TRANSPORTS = ["ws", "tcp"]
+from server_helpers import (TRANSPORTS, WsClient, chunks, engine_factory, finals, hold_slots,  # noqa: F401
+                            open_client, open_stream, pcm16_b64, running_server, settle, status, tokens_of,
+                            transcribe_over)
 
 
 def _f32(values) -> str:
@@ -151,11 +150,13 @@ async def test_server_full_leaves_others_alone(engine_factory, transport, short_
         clean = await transcribe_over(app, transport, short_speech)
         await settle(app)
         holders = [await open_stream(app, transport) for _ in range(2)]
+        first, *rest = chunks(short_speech)
+        await hold_slots(app, [client for client, _ in holders], first)  # slots are taken by audio
         extra = await open_client(app, transport)
         msgs = await extra.collect()
         assert [(m["type"], m["code"], m["fatal"]) for m in msgs] == [("error", "server_full", True)]
         for client, _ in holders:
-            for part in chunks(short_speech):
+            for part in rest:
                 await client.send_audio(part)
             await client.send({"type": "close"})
         for client, _ in holders:

@@ -1,4 +1,5 @@
-"""server/session.py over in-memory pipes with a fake engine (the real engine is in test_server_*)."""
+"""server/session.py and the native protocol (server/native.py) over in-memory pipes with a fake
+engine (the real engine is in test_server_*)."""
 from __future__ import annotations
 
 import asyncio
@@ -8,9 +9,13 @@ import json
 import numpy as np
 import pytest
 from fake_engine import FakeEngine
+from server_helpers import until
 
 from parakeet_streaming.config import ServerConfig
-from parakeet_streaming.server.session import OVERSIZED, ServerContext, Session, StreamOptions
+from parakeet_streaming.server.context import ModelInfo, ServerContext
+from parakeet_streaming.server.native import NativeStream
+from parakeet_streaming.server.session import OVERSIZED, Link, serve_connection
+from parakeet_streaming.server.wire import Audio, Request, Send, State
 
 
 class Pipe:
@@ -47,18 +52,34 @@ def engine():
     e.shutdown()
 
 
-def make(engine, **overrides) -> tuple[Session, Pipe, ServerContext]:
-    config = ServerConfig(**{"idle_timeout": 5.0, **overrides})
-    ctx = ServerContext(engine, config, model_name="fake", model_rate=16000, chunk_ms=160)
+class Connection:
+    """One client connection through `serve_connection`, as a transport makes it."""
+
+    def __init__(self, ctx: ServerContext, link: Link) -> None:
+        self.ctx, self.link = ctx, link
+
+    async def run(self) -> None:
+        await serve_connection(self.ctx, self.link)
+
+    def stop(self) -> None:
+        for session in list(self.ctx.sessions):
+            session.stop()
+
+
+def make(engine, path: str = "/", send=None, ctx: ServerContext | None = None,
+         **overrides) -> tuple[Connection, Pipe, ServerContext]:
+    if ctx is None:
+        config = ServerConfig(**{"idle_timeout": 5.0, **overrides})
+        ctx = ServerContext(engine, config, ModelInfo("fake", 16000, 160))
     pipe = Pipe()
-    return Session(ctx, pipe.recv, pipe.send), pipe, ctx
+    return Connection(ctx, Link(pipe.recv, send or pipe.send, request=Request(path))), pipe, ctx
 
 
 def pcm(n: int, value: int = 1000) -> str:
     return base64.b64encode(np.full(n, value, dtype="<i2").tobytes()).decode()
 
 
-async def run_to_end(session: Session, pipe: Pipe) -> list[dict]:
+async def run_to_end(session: Connection, pipe: Pipe) -> list[dict]:
     await asyncio.wait_for(session.run(), 10)
     return pipe.drain()
 
@@ -107,10 +128,14 @@ async def test_non_fatal_errors_lose_nothing(engine):
 
 
 async def test_server_full(engine):
-    sessions = [make(engine) for _ in range(3)]
+    first = make(engine)
+    sessions = [first, make(engine, ctx=first[2]), make(engine, ctx=first[2])]
     tasks = [asyncio.create_task(s.run()) for s, _, _ in sessions[:2]]
     await sessions[0][1].get()
     await sessions[1][1].get()
+    for _, p, _ in sessions[:2]:  # a connection takes its slot with its first audio
+        p.put({"type": "audio", "data": pcm(10)})
+    await until(lambda: engine.num_free == 0)
     third, pipe, _ = sessions[2]
     msgs = await run_to_end(third, pipe)
     assert msgs == [{"type": "error", "code": "server_full", "message": msgs[0]["message"], "fatal": True}]
@@ -131,10 +156,14 @@ async def test_audio_after_final(engine):
 
 
 async def test_audio_after_final_is_reported_while_final_pending(engine):
-    session, pipe, _ = make(engine)
-    session._finalized = True  # as if the final audio was sent and the engine is still decoding
-    session._handle_raw(json.dumps({"type": "audio", "data": pcm(10)}))
-    assert session._out.get_nowait()["code"] == "audio_after_final"
+    stream = NativeStream(Request(), ServerConfig(), ModelInfo("fake", 16000, 160))
+    stream.open(0, 0.0)
+    stream.receive(json.dumps({"type": "audio", "data": pcm(10), "final": True}), 0.0)
+    assert stream.state is State.FINISHING  # the final audio went out, the engine is still decoding
+    assert [type(o) for o in stream.outputs()] == [Send, Audio]
+    stream.receive(json.dumps({"type": "audio", "data": pcm(10)}), 0.0)
+    (out,) = stream.outputs()
+    assert json.loads(out.data)["code"] == "audio_after_final"
 
 
 async def test_stream_too_long_keeps_transcript(engine):
@@ -161,19 +190,22 @@ async def test_disconnect_aborts(engine):
     pipe.put({"type": "audio", "data": pcm(50)})
     pipe.put(None)
     await run_to_end(session, pipe)
-    await asyncio.sleep(0.1)
+    await until(lambda: engine.aborted)
     assert engine.aborted == [0] and engine.num_active == 0 and not ctx.sessions
 
 
 async def test_send_failure_aborts(engine):
-    session, pipe, _ = make(engine)
+    sent = []
 
-    async def broken_send(text: str) -> None:
-        raise ConnectionResetError
+    async def broken_send(text: str) -> None:  # the peer is gone once hello is out
+        if sent:
+            raise ConnectionResetError
+        sent.append(text)
 
-    session._send_text = broken_send
+    session, pipe, _ = make(engine, send=broken_send)
+    pipe.put({"type": "audio", "data": pcm(50)})  # its result cannot be sent
     await asyncio.wait_for(session.run(), 5)
-    await asyncio.sleep(0.1)
+    await until(lambda: engine.aborted)
     assert engine.aborted == [0]
 
 
@@ -189,8 +221,7 @@ async def test_oversized_is_fatal_but_finalizes(engine):
 
 
 async def test_binary_frames_and_stream_defaults(engine):
-    session, pipe, _ = make(engine)
-    session.options = StreamOptions(encoding="mulaw")
+    session, pipe, _ = make(engine, path="/?encoding=mulaw")
     pipe.put(bytes(80))  # 80 mu-law samples
     pipe.put({"type": "close"})
     msgs = await run_to_end(session, pipe)

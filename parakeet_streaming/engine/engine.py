@@ -2,7 +2,8 @@
 
 Public methods are thread-safe and never block: they put a command on the inbox. The loop drains
 the inbox, asks the scheduler which ready streams step, runs one batched `Runner.step`, and hands
-each stream's events to its sink (called on the engine thread; sinks must not block).
+each stream's events to its sink (called on the engine thread; sinks must not block). The
+interface, which tests/fake_engine.py implements too, is `engine/interface.py: EngineAPI`.
 """
 from __future__ import annotations
 
@@ -13,14 +14,15 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from parakeet_streaming.endpointing import EndpointConfig, Endpointer, VadBank
 from parakeet_streaming.engine import scheduler
-from parakeet_streaming.engine.events import EngineStats, Event, Result, ServerFull, StreamFailed, UtteranceEnd
+from parakeet_streaming.engine.events import EngineStats, EngineStopped, Event, ServerFull, StreamFailed
+from parakeet_streaming.engine.interface import Phase, Sink
 from parakeet_streaming.engine.runner import Runner, StepOutput
 from parakeet_streaming.engine.stream import Stream
 from parakeet_streaming.engine.words import word_starts
@@ -28,7 +30,6 @@ from parakeet_streaming.model.asr import ASRModel
 
 log = logging.getLogger("parakeet_streaming.engine")
 
-Sink = Callable[[Event], None]
 IDLE_WAIT = 0.05  # seconds the loop blocks on an empty inbox when nothing is ready
 
 
@@ -36,6 +37,7 @@ IDLE_WAIT = 0.05  # seconds the loop blocks on an empty inbox when nothing is re
 class _Open:
     sink: Sink
     future: concurrent.futures.Future
+    stream_id: int
 
 
 @dataclass
@@ -71,10 +73,6 @@ class _Stop:
     pass
 
 
-class EngineStopped(ServerFull):
-    """The engine is shut down. A ServerFull, so transports turn the connection away the same way."""
-
-
 class Engine:
     def __init__(self, model: ASRModel, max_num_streams: int, device: str | torch.device = "cpu",
                  max_batch_size: int | None = None, endpoint: EndpointConfig | None = None) -> None:
@@ -91,11 +89,10 @@ class Engine:
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._streams: dict[int, Stream] = {}
         self._by_slot: dict[int, Stream] = {}
-        self._last_served: dict[int, int] = {}  # stream id -> its place in the serve order
         self._serve_order = itertools.count()
-        self._next_id = 1
+        self._ids = itertools.count(1)  # next() on a count is atomic: new_stream_id is thread-safe
         self._thread = threading.Thread(target=self._run, name="parakeet-engine", daemon=True)
-        self.stats = EngineStats(free_slots=max_num_streams)
+        self.stats = EngineStats(free_slots=max_num_streams)  # written by the loop only
         self.num_active = 0
         self.num_free = max_num_streams
         self._stopped = False  # set by the loop on its way out; later opens fail at once
@@ -105,6 +102,18 @@ class Engine:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def phase(self) -> Phase:
+        if self._stopped:
+            return "stopped"
+        if not self.ready.is_set():
+            return "warming_up"
+        return "degraded" if self.warm_up_failed else "ready"
+
+    def new_stream_id(self) -> int:
+        """An id for a stream opened later (`open_stream(sink, stream_id)`); unique per engine."""
+        return next(self._ids)
+
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop the loop; live streams get StreamFailed("shutting_down"), later opens EngineStopped."""
         if not self._thread.is_alive():
@@ -113,13 +122,15 @@ class Engine:
         self._inbox.put(_Stop())
         self._thread.join(timeout)
 
-    def open_stream(self, sink: Sink) -> concurrent.futures.Future:
+    def open_stream(self, sink: Sink, stream_id: int | None = None) -> concurrent.futures.Future:
+        """Take a slot: resolves to the stream id, or raises ServerFull (EngineStopped once shut down).
+        Commands for `stream_id` may be sent at once: they follow the open through the inbox."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._stop_lock:
             if self._stopped:
                 future.set_exception(EngineStopped("the engine is shut down"))
             else:
-                self._inbox.put(_Open(sink, future))
+                self._inbox.put(_Open(sink, future, self.new_stream_id() if stream_id is None else stream_id))
         return future
 
     def send_audio(self, stream_id: int, samples: np.ndarray, final: bool = False) -> None:
@@ -141,9 +152,7 @@ class Engine:
 
     def stats_snapshot(self) -> EngineStats:
         """A copy of the counters, safe to read from any thread (values may be one step stale)."""
-        st = self.stats
-        return EngineStats(st.active_streams, st.free_slots, st.steps, dict(st.extra),
-                           st.step_seconds.copy(), st.batch_size.copy(), st.decode_lag.copy())
+        return self.stats.copy()
 
     # ---- the loop -------------------------------------------------------------------------
     def _run(self) -> None:
@@ -235,21 +244,19 @@ class Engine:
             self._release(stream)
         elif isinstance(cmd, _SetEndpoint):
             self._set_endpoint(stream, cmd.silence_ms)
-        elif stream.flushing:
-            stream.backlog.append(cmd)  # after the flush, on the new segment
+        elif stream.defer(cmd):
+            pass  # a flush is decoding: applied on the new segment
         elif isinstance(cmd, _Audio):
-            if not stream.finishing and len(cmd.samples):
-                stream.samples += len(cmd.samples)
-                stream.arrivals.append((stream.samples, cmd.at))
+            if stream.on_audio(len(cmd.samples), cmd.at):
                 self.runner.push(stream.slot, cmd.samples)
-                if self._uses_vad(stream):
+                if stream.uses_vad:
                     self.vad.push(stream.slot, cmd.samples)
-            if cmd.final:
-                self._finish(stream)
+            if cmd.final and stream.finish():
+                self.runner.finish(stream.slot)
         elif isinstance(cmd, _Finalize):
-            self._finish(stream)
-        elif isinstance(cmd, _Flush) and not stream.finishing:
-            stream.flushing = True
+            if stream.finish():
+                self.runner.finish(stream.slot)
+        elif isinstance(cmd, _Flush) and stream.begin_flush():
             self.runner.finish(stream.slot)  # the segment ends here, decoded exactly like an end of stream
 
     def _open(self, cmd: _Open) -> None:
@@ -257,34 +264,25 @@ class Engine:
             return  # the client gave up (e.g. disconnected) before its stream existed
         free = sorted(set(range(self.max_num_streams)) - set(self._by_slot))
         if not free:
-            self._bump("streams_rejected")
             cmd.future.set_exception(ServerFull(f"all {self.max_num_streams} stream slots are in use"))
             return
         slot = free[0]  # lowest first keeps active slots contiguous, so steps index them in place
         endpointer = Endpointer(self.endpoint, self.runner.frame_ms) if self.endpoint.enabled else None
-        stream = Stream(self._next_id, slot, cmd.sink, self.model.tokenizer, self.runner.sample_rate,
+        stream = Stream(cmd.stream_id, slot, cmd.sink, self.model.tokenizer, self.runner.sample_rate,
                         frame_ms=self.runner.frame_ms, starts=self._word_starts, endpointer=endpointer)
-        self._next_id += 1
         self.runner.open(slot)
         if self.vad is not None:
             self.vad.reset(slot)
         self._streams[stream.id], self._by_slot[slot] = stream, stream
-        self._last_served[stream.id] = -1
         self._count()
-        self._bump("streams_opened")
+        self.stats.streams_opened += 1
         cmd.future.set_result(stream.id)
-
-    def _finish(self, stream: Stream) -> None:
-        if not stream.finishing:
-            stream.finishing = True
-            self.runner.finish(stream.slot)
 
     def _release(self, stream: Stream) -> None:
         if self._streams.pop(stream.id, None) is None:
             return  # already released (e.g. its sink failed while it was being failed)
         self.runner.release(stream.slot)
         self._by_slot.pop(stream.slot, None)
-        self._last_served.pop(stream.id, None)
         self._count()
 
     def _count(self) -> None:
@@ -293,23 +291,31 @@ class Engine:
         self.stats.active_streams, self.stats.free_slots = self.num_active, self.num_free
 
     def _step(self, ready: list[Stream]) -> None:
-        candidates = [scheduler.Candidate(s.id, self._last_served[s.id], s.finishing or s.flushing) for s in ready]
-        batch = [self._streams[i] for i in scheduler.pick(candidates, self.max_batch_size)]
+        batch = [self._streams[i] for i in scheduler.pick(ready, self.max_batch_size)]
         started = time.perf_counter()
         try:
             outputs = self.runner.step([s.slot for s in batch])
         except Exception as exc:  # one bad batch must not take the engine down
             log.exception("step failed for streams %s", [s.id for s in batch])
-            self._bump("step_failures")
+            self.stats.step_failures += 1
             for stream in batch:
                 self._emit(stream, StreamFailed(stream.id, "internal", f"decoding failed: {exc}"))
                 self._release(stream)
             return
-        self._record(len(batch), time.perf_counter() - started, outputs)
+        now = time.perf_counter()
+        st = self.stats
+        st.step_seconds.observe(now - started)
+        st.batch_size.observe(len(batch))
+        st.max_batch_size = max(st.max_batch_size, len(batch))
+        covered = 0
+        for out in outputs:  # stream audio this step's frames newly cover, and its decode lag
+            gained, lag = self._by_slot[out.slot].on_step(out, next(self._serve_order), now)
+            covered += gained
+            if lag is not None:
+                st.decode_lag.observe(lag)
+        st.audio_seconds += covered / self.runner.sample_rate
         for out in outputs:
-            stream = self._by_slot[out.slot]
-            self._last_served[stream.id] = next(self._serve_order)
-            self._deliver(stream, out)
+            self._deliver(self._by_slot[out.slot], out)
 
     def _deliver(self, stream: Stream, out: StepOutput) -> None:
         try:
@@ -329,38 +335,26 @@ class Engine:
 
     def _new_segment(self, stream: Stream) -> None:
         """A flush is decoded: fresh model state for the slot, then the commands that waited."""
-        stream.new_segment()
+        backlog = stream.new_segment()
         self.runner.open(stream.slot)
-        backlog, stream.backlog = stream.backlog, []
         for cmd in backlog:
             self._apply(cmd)
 
-    def _uses_vad(self, stream: Stream) -> bool:
-        return stream.endpointer is not None and stream.endpointer.config.uses_vad
-
     def _set_endpoint(self, stream: Stream, silence_ms: int) -> None:
-        config = replace(self.endpoint, silence_ms=silence_ms)
-        had_vad = self._uses_vad(stream)
-        if not config.enabled:
-            stream.endpointer = None
-        elif stream.endpointer is None:
-            stream.endpointer = Endpointer(config, self.runner.frame_ms)
-        else:
-            stream.endpointer.config = config  # keeps what the VAD heard so far
-        if self._uses_vad(stream) and not had_vad:
+        if stream.set_endpoint(replace(self.endpoint, silence_ms=silence_ms)):
             if self.vad is None:  # the server's default has endpointing off: load the VAD now
                 self.vad = VadBank(self.max_num_streams, self.runner.sample_rate)
             self.vad.reset(stream.slot, start_sample=stream.samples)
 
     def _run_vad(self) -> None:
         """VAD over the audio that arrived since the last iteration, all streams in one batch."""
-        streams = [s for s in self._streams.values() if self._uses_vad(s) and self.vad.has_frames(s.slot)]
+        streams = [s for s in self._streams.values() if s.uses_vad and self.vad.has_frames(s.slot)]
         if not streams:
             return
         probs = self.vad.run([s.slot for s in streams])
         for stream in streams:
             start_ms, p = probs[stream.slot]
-            stream.endpointer.on_vad(start_ms, self.vad.frame_ms, p)
+            stream.on_vad(start_ms, self.vad.frame_ms, p)
 
     def _emit(self, stream: Stream, event: Event) -> bool:
         try:
@@ -368,72 +362,6 @@ class Engine:
             return True
         except Exception:
             log.exception("sink of stream %d failed; dropping the stream", stream.id)
-            self._bump("sink_failures")
+            self.stats.sink_failures += 1
             self._release(stream)
             return False
-
-    def _record(self, batch: int, seconds: float, outputs: list[StepOutput]) -> None:
-        st = self.stats
-        st.steps += 1
-        st.step_seconds.observe(seconds)
-        st.batch_size.observe(batch)
-        self._bump("step_seconds_total", seconds)
-        self._bump("batch_total", batch)
-        st.extra["max_batch_size"] = max(st.extra.get("max_batch_size", 0.0), float(batch))
-        st.extra["last_step_seconds"] = seconds
-        st.extra["last_batch_size"] = float(batch)
-        covered, now = 0, time.perf_counter()
-        for out in outputs:  # stream audio this step's frames newly cover, from each running total
-            stream = self._by_slot[out.slot]
-            new = stream.covered(out)
-            if new > stream.samples_covered and (arrived := stream.arrived(new)) is not None:
-                st.decode_lag.observe(now - arrived)
-            covered += new - stream.samples_covered
-            stream.samples_covered = new
-        self._bump("audio_seconds_total", covered / self.runner.sample_rate)
-
-    def _bump(self, key: str, by: float = 1.0) -> None:
-        self.stats.extra[key] = self.stats.extra.get(key, 0.0) + by
-
-
-def transcribe(engine: Engine, samples: np.ndarray, chunk_samples: int | None = None,
-               timeout: float = 600.0) -> dict[str, Any]:
-    """Run one stream through the engine exactly as a client would, and collect the outcome."""
-    events: queue.SimpleQueue = queue.SimpleQueue()
-    stream_id = engine.open_stream(events.put).result(timeout)
-    step = chunk_samples or engine.runner.chunk_samples
-    for i in range(0, len(samples), step):
-        engine.send_audio(stream_id, samples[i:i + step])
-    engine.finalize(stream_id)
-    tokens: list[int] = []
-    confidences: list[float] = []
-    frames: list[int] = []
-    starts: list[int] = []
-    words: list[dict[str, Any]] = []
-    utterances: list[dict[str, Any]] = []
-    ended_at = 0  # len(tokens) at the last end of utterance
-    deadline = time.monotonic() + timeout
-    while True:
-        event = events.get(timeout=max(0.0, deadline - time.monotonic()))
-        if isinstance(event, StreamFailed):
-            raise RuntimeError(f"transcription failed: {event.message}")
-        if isinstance(event, UtteranceEnd):
-            utterances.append({"index": event.utterance, "text": event.text, "audio_ms": event.audio_ms,
-                               "backchannel": event.backchannel, "ended": True, "reason": event.reason})
-            words += [vars(w) for w in event.words]
-            ended_at = len(tokens)
-        elif isinstance(event, Result):
-            tokens += event.token_ids
-            confidences += event.confidences
-            frames += event.token_frames
-            starts += event.token_start_ms
-            words += [vars(w) for w in event.words]
-            if event.is_final:
-                tail = engine.model.tokenizer.decode(tokens[ended_at:]).strip()
-                if tail:
-                    utterances.append({"index": event.utterance, "text": tail, "audio_ms": event.audio_ms,
-                                       "backchannel": False, "ended": False})
-                return {"text": event.text, "token_ids": tokens, "confidence_scores": confidences,
-                        "token_frames": frames, "token_start_ms": starts, "words": words,
-                        "utterances": utterances}
-

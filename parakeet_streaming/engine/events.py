@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from bisect import bisect_left
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from parakeet_streaming.engine.words import Word
 
@@ -54,6 +54,11 @@ class ServerFull(Exception):
     """Every stream slot is taken."""
 
 
+class EngineStopped(ServerFull):
+    """The engine is shut down. Its own type, mapped to `shutting_down` (engine/handle.py); still a
+    ServerFull for code that only asks "was the stream refused?"."""
+
+
 STEP_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 DECODE_LAG_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0,
@@ -83,11 +88,25 @@ class Buckets:
 
 @dataclass
 class EngineStats:
+    """The engine's counters; the engine thread alone writes them, readers take `copy()`. Every field
+    is exported by server/metrics.py."""
+
     active_streams: int = 0
     free_slots: int = 0
-    steps: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
+    streams_opened: int = 0
+    step_failures: int = 0  # batched steps that raised (their streams failed)
+    sink_failures: int = 0  # event sinks that raised (their streams were dropped)
+    audio_seconds: float = 0.0  # stream audio decoded
+    max_batch_size: int = 0  # the largest batch stepped so far
     step_seconds: Buckets = field(default_factory=lambda: Buckets(STEP_SECONDS_BUCKETS))
     batch_size: Buckets = field(default_factory=lambda: Buckets(BATCH_SIZE_BUCKETS))
     # Per stream and step: from the arrival of the audio its newest decoded frame needs to the step's end.
     decode_lag: Buckets = field(default_factory=lambda: Buckets(DECODE_LAG_BUCKETS))
+
+    @property
+    def steps(self) -> int:
+        return sum(self.step_seconds.counts)
+
+    def copy(self) -> "EngineStats":
+        return replace(self, step_seconds=self.step_seconds.copy(), batch_size=self.batch_size.copy(),
+                       decode_lag=self.decode_lag.copy())

@@ -11,6 +11,10 @@ keeps our tokens equal to NeMo's for the whole stream.
 Segments: a flush decodes everything received like an end of stream, then the engine resets the
 slot's model state and the stream goes on as a new segment. Times stay on the stream's clock:
 `seg_start` (samples before the segment) is added to the runner's per-segment counts.
+
+The Stream owns every transition of its own state (audio received, finish, flush and the commands
+that wait for it, a step's output, when it was last served, its endpointer); the Engine owns the
+inbox, the slot map, scheduling, the runner and emitting.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from parakeet_streaming.endpointing import Endpointer
+from parakeet_streaming.endpointing import EndpointConfig, Endpointer
 from parakeet_streaming.engine.events import Event, Result, UtteranceEnd
 from parakeet_streaming.engine.runner import StepOutput
 from parakeet_streaming.engine.words import TranscriptText, Word, WordBuilder, word_starts
@@ -45,6 +49,7 @@ class Stream:
     flushing: bool = False  # a flush is being decoded; commands wait in `backlog`
     backlog: list[Any] = field(default_factory=list)
     arrivals: deque[tuple[int, float]] = field(default_factory=deque)  # (samples received, when), not yet decoded
+    last_served: int = -1  # the engine's serve order when this stream last stepped (-1: never)
     _words: WordBuilder = field(init=False)
     _text: TranscriptText = field(init=False)
 
@@ -53,6 +58,77 @@ class Stream:
         self._words = WordBuilder(self.tokenizer, starts, self.frame_ms)
         self._text = TranscriptText(self.tokenizer, starts)
 
+    # ---- transitions (the engine calls these; they say whether the runner has something to do) ----
+    @property
+    def ending(self) -> bool:
+        """The runner was told the segment ends (finish or flush): its tail decodes next."""
+        return self.finishing or self.flushing
+
+    def on_audio(self, samples: int, at: float) -> bool:
+        """`samples` arrived at perf_counter `at`; False once finishing (late audio is dropped)."""
+        if self.finishing or not samples:
+            return False
+        self.samples += samples
+        self.arrivals.append((self.samples, at))
+        return True
+
+    def finish(self) -> bool:
+        """No more audio; True the first time (the runner must finish the slot)."""
+        if self.finishing:
+            return False
+        self.finishing = True
+        return True
+
+    def begin_flush(self) -> bool:
+        """Decode all so far as a segment; True unless finishing (the runner must finish the slot)."""
+        if self.finishing:
+            return False
+        self.flushing = True
+        return True
+
+    def defer(self, command: Any) -> bool:
+        """While a flush decodes, commands wait for the next segment; True if `command` waits."""
+        if self.flushing:
+            self.backlog.append(command)
+        return self.flushing
+
+    def new_segment(self) -> list[Any]:
+        """After a flush: later audio is a new segment on the same clock. Returns the waiting commands."""
+        self.seg_start = self.samples
+        self.flushing = False
+        backlog, self.backlog = self.backlog, []
+        return backlog
+
+    @property
+    def uses_vad(self) -> bool:
+        return self.endpointer is not None and self.endpointer.config.uses_vad
+
+    def set_endpoint(self, config: EndpointConfig) -> bool:
+        """This stream's endpointing; True when it newly needs the VAD (from `self.samples` on)."""
+        had_vad = self.uses_vad
+        if not config.enabled:
+            self.endpointer = None
+        elif self.endpointer is None:
+            self.endpointer = Endpointer(config, self.frame_ms)
+        else:
+            self.endpointer.config = config  # keeps what the VAD heard so far
+        return self.uses_vad and not had_vad
+
+    def on_vad(self, start_ms: int, frame_ms: int, probs: list[float]) -> None:
+        if self.endpointer is not None:
+            self.endpointer.on_vad(start_ms, frame_ms, probs)
+
+    def on_step(self, out: StepOutput, served: int, now: float) -> tuple[int, float | None]:
+        """Stepped as number `served` of the serve order, ending at perf_counter `now`: the stream
+        samples newly covered and, if any, the decode lag of the newest (engine statistics).
+        `events(out)` then makes the events."""
+        self.last_served = served
+        new = self.covered(out)
+        lag = now - arrived if new > self.samples_covered and (arrived := self.arrived(new)) is not None else None
+        gained, self.samples_covered = new - self.samples_covered, new
+        return gained, lag
+
+    # ---- events ----------------------------------------------------------------------------
     def audio_ms(self, samples_covered: int) -> int:
         return samples_covered * 1000 // self.sample_rate
 
@@ -99,11 +175,6 @@ class Stream:
         if out.done and self.flushing and self.utterance_start < len(self.token_ids):
             events.append(self._end(audio_ms, audio_ms, reason="flush"))
         return events
-
-    def new_segment(self) -> None:
-        """After a flush: later audio is a new segment on the same clock."""
-        self.seg_start = self.samples
-        self.flushing = False
 
     def _silence_ends(self, events: list[Event], out: StepOutput, ms: list[int], start: int, i: int,
                       words: list[Word], limit: int) -> tuple[int, list[Word]]:

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from parakeet_streaming.config import ServerConfig
+from parakeet_streaming.engine.interface import EngineAPI
+from parakeet_streaming.server.context import ModelInfo, ServerContext
 from parakeet_streaming.server.http import HttpServer, serve_http
 from parakeet_streaming.server.security import Authenticator, StartupError, ssl_context
-from parakeet_streaming.server.session import EngineLike, ServerContext
 from parakeet_streaming.server.status import serve_status
 from parakeet_streaming.server.tcp import serve_tcp
 from parakeet_streaming.server.ws import serve_ws
@@ -28,18 +29,15 @@ class App:
     by the OS (tests)."""
 
     config: ServerConfig
-    engine: EngineLike
-    model_name: str = "unknown"
-    model_rate: int = 16000
-    chunk_ms: int | None = None
+    engine: EngineAPI
+    model: ModelInfo = ModelInfo()
     ctx: ServerContext = field(init=False)
     ports: dict[str, int] = field(init=False, default_factory=dict)
     _servers: dict[str, Any] = field(init=False, default_factory=dict)
     _http: HttpServer | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self.ctx = ServerContext(self.engine, self.config, self.model_name, self.model_rate, self.chunk_ms,
-                                 auth=Authenticator.from_config(self.config))
+        self.ctx = ServerContext(self.engine, self.config, self.model, auth=Authenticator.from_config(self.config))
         self.ctx.metrics.watch(self.ctx)
         self._ssl = ssl_context(self.config)
 
@@ -95,8 +93,8 @@ class App:
 
     def banner(self, device: str) -> str:
         c = self.config
-        return (f"parakeet-server: model {self.model_name} on {device} ({c.dtype}), "
-                f"{c.max_num_streams} stream slots, chunk {self.chunk_ms} ms | "
+        return (f"parakeet-server: model {self.model.name} on {device} ({c.dtype}), "
+                f"{c.max_num_streams} stream slots, chunk {self.model.chunk_ms} ms | "
                 f"tcp {c.host}:{self.ports['tcp']}  ws {c.host}:{self.ports['ws']}  "
                 f"status {c.host}:{self.ports['status']}  http {c.host}:{self.ports['http']}"
                 f"{'  (TLS)' if self._ssl else ''}{'  (API keys)' if self.ctx.auth.required else ''}")
@@ -119,9 +117,8 @@ def build_engine(model: Any, config: ServerConfig) -> Any:
     return Engine(model, config.max_num_streams, device=config.device, endpoint=endpoint)
 
 
-def app_for(model: Any, engine: EngineLike, config: ServerConfig) -> App:
-    return App(config, engine, model_name=model.name, model_rate=model.config.sample_rate,
-               chunk_ms=model.frame_ms * model.chunk_frames)
+def app_for(model: Any, engine: EngineAPI, config: ServerConfig) -> App:
+    return App(config, engine, ModelInfo.of(model))
 
 
 async def serve(config: ServerConfig, model: Any | None = None) -> int:

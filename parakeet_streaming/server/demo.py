@@ -9,6 +9,8 @@ from importlib import resources
 
 from aiohttp import web
 
+from parakeet_streaming.server.context import ServerContext
+
 _FILES = {"/demo.js": "application/javascript", "/capture-worklet.js": "application/javascript"}
 PUBLIC_PATHS = ("/", *_FILES)  # static content: no API key needed to load it (the WebSocket still asks)
 
@@ -17,17 +19,14 @@ def _static(name: str) -> str:
     return resources.files("parakeet_streaming.server").joinpath("static", name).read_text("utf-8")
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(app: web.Application, ctx: ServerContext) -> None:
+    async def index(request: web.Request) -> web.Response:
+        html = _static("demo.html").replace("{{WS_PORT}}", str(int(ctx.config.ws_port)))
+        return web.Response(text=html, content_type="text/html", charset="utf-8")
+
     app.router.add_get("/", index)
     for path, content_type in _FILES.items():
         app.router.add_get(path, _file_handler(path.lstrip("/"), content_type))
-
-
-async def index(request: web.Request) -> web.Response:
-    from parakeet_streaming.server.http import CTX
-
-    html = _static("demo.html").replace("{{WS_PORT}}", str(int(request.app[CTX].config.ws_port)))
-    return web.Response(text=html, content_type="text/html", charset="utf-8")
 
 
 def _file_handler(name: str, content_type: str):

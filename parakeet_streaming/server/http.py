@@ -1,9 +1,9 @@
 """The HTTP port (aiohttp): health, readiness, Prometheus metrics, and the home of HTTP features.
 
-Adding routes: write the handlers in their own module with a `add_routes(app: web.Application)`
-function, and call it from `build_http_app` below (the one place routes are registered). A handler
-reaches the server through `request.app[CTX]` (the `ServerContext`: engine, config, metrics,
-sessions, `draining`). Every path not in `PUBLIC_PATHS` requires the API key when keys are
+Adding routes: write the handlers in their own module with an `add_routes(app: web.Application,
+ctx: ServerContext)` function, and call it from `build_http_app` below (the one place routes are
+registered). Handlers get the `ServerContext` (engine, config, model, metrics, sessions, `draining`,
+`readiness()`) explicitly, e.g. closed over in `add_routes`. Every path not in `PUBLIC_PATHS` requires the API key when keys are
 configured (`auth_middleware`: `Authorization: Bearer KEY` or `?token=KEY`); add a path there only
 if it must work without a key, as probes and scrapers do. Static files: `app.router.add_static`.
 New work should refuse to start while `ctx.draining` is true (503), as the streaming ports do.
@@ -19,13 +19,12 @@ from aiohttp.abc import AbstractAccessLogger
 
 from parakeet_streaming.server import protocol as proto
 from parakeet_streaming.server import demo, transcriptions
+from parakeet_streaming.server.context import ServerContext
 from parakeet_streaming.server.metrics import CONTENT_TYPE
 from parakeet_streaming.server.security import bearer_token
-from parakeet_streaming.server.session import ServerContext
 
 log = logging.getLogger("parakeet_streaming.http")
 
-CTX: web.AppKey[ServerContext] = web.AppKey("ctx", ServerContext)
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", *demo.PUBLIC_PATHS})
 SHUTDOWN_SECONDS = 5.0  # at exit, how long requests still in progress may take
 
@@ -33,49 +32,36 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def build_http_app(ctx: ServerContext) -> web.Application:
-    app = web.Application(middlewares=[auth_middleware])
-    app[CTX] = ctx
+    app = web.Application(middlewares=[_auth_middleware(ctx)])
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        ready, status = ctx.readiness()
+        return web.json_response({"status": status}, status=200 if ready else 503)
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=ctx.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    transcriptions.add_routes(app)
-    demo.add_routes(app)
+    transcriptions.add_routes(app, ctx)
+    demo.add_routes(app, ctx)
     return app
 
 
-def is_ready(ctx: ServerContext) -> bool:
-    """Model loaded and warmed up (the engine's warm-up step ran), and not draining."""
-    ready = getattr(ctx.engine, "ready", None)
-    warmed = ready is None or ready.is_set()
-    return warmed and not getattr(ctx.engine, "warm_up_failed", False) and not ctx.draining
+def _auth_middleware(ctx: ServerContext):
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in PUBLIC_PATHS or ctx.auth.check(bearer_token(request.headers, request.path_qs)):
+            return await handler(request)
+        ctx.metrics.refused(proto.UNAUTHORIZED)
+        body = proto.error(proto.UNAUTHORIZED, "missing or wrong API key", fatal=True)
+        return web.json_response(body, status=401, headers={"WWW-Authenticate": "Bearer"})
 
-
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
-    if is_ready(ctx):
-        return web.json_response({"status": "ready"})
-    reason = "draining" if ctx.draining else "warming up"
-    return web.json_response({"status": reason}, status=503)
-
-
-async def metrics(request: web.Request) -> web.Response:
-    body = request.app[CTX].metrics.render()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
-
-
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    ctx = request.app[CTX]
-    if request.path in PUBLIC_PATHS or ctx.auth.check(bearer_token(request.headers, request.path_qs)):
-        return await handler(request)
-    ctx.metrics.reject(proto.UNAUTHORIZED)
-    ctx.metrics.error(proto.UNAUTHORIZED)
-    body = proto.error(proto.UNAUTHORIZED, "missing or wrong API key", fatal=True)
-    return web.json_response(body, status=401, headers={"WWW-Authenticate": "Bearer"})
+    return auth
 
 
 class _AccessLogger(AbstractAccessLogger):

@@ -13,7 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 if TYPE_CHECKING:
     from parakeet_streaming.engine.events import Buckets
-    from parakeet_streaming.server.session import ServerContext
+    from parakeet_streaming.server.context import ServerContext
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REJECT_REASONS = ("server_full", "unauthorized", "shutting_down")
@@ -40,6 +40,11 @@ class ServerMetrics:
     def reject(self, reason: str) -> None:
         self.rejected.labels(reason).inc()
 
+    def refused(self, code: str) -> None:
+        """A request turned away with an error (HTTP): both counters."""
+        self.reject(code)
+        self.error(code)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -56,11 +61,7 @@ class _ServerCollector:
                                 value=ctx.config.max_num_streams)
         yield GaugeMetricFamily("parakeet_draining", "1 while the server drains after SIGTERM",
                                 value=float(ctx.draining))
-        snapshot = getattr(ctx.engine, "stats_snapshot", None)
-        if snapshot is None:
-            return
-        stats = snapshot()
-        extra: dict[str, float] = stats.extra
+        stats = ctx.engine.stats_snapshot()
         yield GaugeMetricFamily("parakeet_active_streams", "Engine stream slots in use", value=stats.active_streams)
         yield GaugeMetricFamily("parakeet_free_slots", "Engine stream slots free", value=stats.free_slots)
         yield _histogram("parakeet_step_duration_seconds", "Wall time of one batched model step",
@@ -69,9 +70,15 @@ class _ServerCollector:
         yield _histogram("parakeet_decode_lag_seconds",
                          "Per stream and step: seconds from the arrival of the audio the newest decoded frame "
                          "needs to the end of the step that decoded it", stats.decode_lag)
-        audio = extra.get("audio_seconds_total", 0.0)
+        audio = stats.audio_seconds
         yield _counter("parakeet_audio_seconds", "Seconds of stream audio decoded", audio)
-        yield _counter("parakeet_streams_opened", "Streams the engine opened", extra.get("streams_opened", 0.0))
+        yield _counter("parakeet_streams_opened", "Streams the engine opened", stats.streams_opened)
+        yield _counter("parakeet_step_failures", "Batched model steps that failed (their streams got an "
+                       "internal error)", stats.step_failures)
+        yield _counter("parakeet_sink_failures", "Streams dropped because delivering their events failed",
+                       stats.sink_failures)
+        yield GaugeMetricFamily("parakeet_max_batch_size", "The largest batch stepped since start",
+                                value=stats.max_batch_size)
         yield GaugeMetricFamily(
             "parakeet_real_time_factor",
             "Model step seconds per second of audio decoded, since start (below 1: faster than real time)",

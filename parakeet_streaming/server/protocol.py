@@ -14,9 +14,11 @@ import json
 import math
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from parakeet_streaming.audio import ENCODINGS
 from parakeet_streaming.engine.events import Result, UtteranceEnd
+from parakeet_streaming.engine.handle import SERVER_FULL, SHUTTING_DOWN
 from parakeet_streaming.engine.words import Word
 
 PROTOCOL_VERSION = 2  # 1 = the seed's messages; 2 = the Part B extensions
@@ -25,7 +27,6 @@ PROTOCOL_VERSION = 2  # 1 = the seed's messages; 2 = the Part B extensions
 BAD_JSON = "bad_json"
 BAD_AUDIO = "bad_audio"
 UNSUPPORTED_ENCODING = "unsupported_encoding"
-SERVER_FULL = "server_full"
 MESSAGE_TOO_LARGE = "message_too_large"
 STREAM_TOO_LONG = "stream_too_long"
 UNKNOWN_TYPE = "unknown_type"
@@ -33,8 +34,8 @@ UNAUTHORIZED = "unauthorized"
 IDLE_TIMEOUT = "idle_timeout"
 AUDIO_AFTER_FINAL = "audio_after_final"
 BAD_CONFIG = "bad_config"
-SHUTTING_DOWN = "shutting_down"
 INTERNAL = "internal"
+HANDSHAKE_TIMEOUT = "handshake_timeout"
 
 
 class ProtocolError(Exception):
@@ -98,12 +99,15 @@ _SIMPLE: dict[str, ClientMessage] = {"close": Close(), "ping": Ping(), "flush": 
 
 
 def parse_text(text: str | bytes) -> ClientMessage:
-    """One JSON message (a WebSocket text frame or a TCP line) -> a typed message."""
+    """One JSON message (a WebSocket text frame or a TCP line) -> a typed message. A str may carry
+    undecodable bytes as surrogate escapes (TCP decodes lines with errors="surrogateescape")."""
     if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8", "surrogateescape")
+    if not text.isascii():
         try:
-            text = bytes(text).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ProtocolError(BAD_JSON, f"message is not valid UTF-8: {exc.reason}") from exc
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ProtocolError(BAD_JSON, "message is not valid UTF-8") from exc
     try:
         obj = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
@@ -171,6 +175,35 @@ def parse_flag(name: str, value: Any) -> bool | None:
     if isinstance(value, str) and value.lower() in ("true", "1", "false", "0"):
         return value.lower() in ("true", "1")
     raise ProtocolError(BAD_CONFIG, f"{name!r} must be true or false, got {value!r}")
+
+
+@dataclass
+class StreamOptions:
+    """A connection's defaults and options from its request's query string."""
+
+    encoding: str = "pcm16"
+    sample_rate: int | None = None  # None: --sample-rate
+    timestamps: bool = False  # results carry token_start_ms and words
+    endpoint_silence_ms: int | None = None  # None: the server's endpointing
+
+
+def options_from_query(path: str) -> StreamOptions:
+    """`?encoding=mulaw&sample_rate=8000&timestamps=true&endpoint_silence_ms=300`; a bad value is a
+    fatal ProtocolError (the connection is refused before hello)."""
+    query = {k: v[-1] for k, v in parse_qs(urlsplit(path).query).items()}
+    opts = StreamOptions()
+    try:
+        if "encoding" in query:
+            opts.encoding = _parse_encoding(query["encoding"]) or opts.encoding
+        if "timestamps" in query:
+            opts.timestamps = bool(parse_flag("timestamps", query["timestamps"]))
+        if "endpoint_silence_ms" in query:
+            opts.endpoint_silence_ms = parse_silence_ms(query["endpoint_silence_ms"])
+        if "sample_rate" in query:
+            opts.sample_rate = parse_sample_rate(query["sample_rate"])
+    except ProtocolError as exc:
+        raise ProtocolError(exc.code, exc.message, fatal=True) from exc
+    return opts
 
 
 def _parse_final(value: Any) -> bool:

@@ -1,324 +1,204 @@
-"""One connection = one stream, independent of the transport.
+"""One connection = one stream, whatever the transport and the wire protocol.
 
-A transport gives the session two coroutines: `recv()` returns the next client message (str for
-JSON text, bytes for a binary WebSocket frame, `OVERSIZED` for a message over the size cap, None
-when the peer is gone) and `send(text)` writes one JSON message. The session opens an engine
-stream, says hello, turns messages into audio for the engine, and writes the engine's events back
-in order through a single writer task. It returns when the stream is over; the transport closes.
+A transport hands over a `Link` (two coroutines, `recv()` and `send()`, plus what it knows of the
+request) and calls `serve_connection`. That picks the protocol for the request path
+(server/routes.py), checks the API key and admission, then runs a `Session`: a reader task feeds
+client messages (and timeouts, and the end of input) to the sans-I/O protocol object, a writer
+task feeds it the engine's events and writes what it says, in order. Engine commands go to the
+stream's `EngineStream` at once; wire messages go out through the writer alone.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable
 
-import numpy as np
-
-from parakeet_streaming import audio
-from parakeet_streaming.config import ServerConfig
-from parakeet_streaming.engine.events import Event, Result, ServerFull, StreamFailed, UtteranceEnd
+from parakeet_streaming.engine.events import Event, StreamFailed
+from parakeet_streaming.engine.handle import EngineStream
 from parakeet_streaming.server import protocol as proto
-from parakeet_streaming.server.metrics import ServerMetrics
-from parakeet_streaming.server.security import Authenticator
+from parakeet_streaming.server.context import ServerContext
+from parakeet_streaming.server.routes import protocol_for
+from parakeet_streaming.server.security import bearer_token
+from parakeet_streaming.server.wire import (OVERSIZED, Audio, Close, Endpointing, Finish, Flush, Message,
+                                            ProtocolFactory, Request, Send, State, StreamProtocol)
 
 log = logging.getLogger("parakeet_streaming.session")
 
+__all__ = ["OVERSIZED", "Link", "Session", "serve_connection", "peer_name"]
 
-class _Oversized:
-    def __repr__(self) -> str:
-        return "OVERSIZED"
-
-
-OVERSIZED = _Oversized()  # what a transport's recv() returns for a message over the size cap
-
-Recv = Callable[[], Awaitable["str | bytes | _Oversized | None"]]
-Send = Callable[[str], Awaitable[None]]
-
-
-class EngineLike(Protocol):
-    def open_stream(self, sink: Callable[[Event], None]) -> Any: ...  # concurrent Future[int]
-    def send_audio(self, stream_id: int, samples: np.ndarray, final: bool = False) -> None: ...
-    def finalize(self, stream_id: int) -> None: ...
-    def abort(self, stream_id: int) -> None: ...
-    def flush(self, stream_id: int) -> None: ...
-    def set_endpointing(self, stream_id: int, silence_ms: int) -> None: ...
+Recv = Callable[[], Awaitable["Message | None"]]
+Send_ = Callable[[Any], Awaitable[None]]
 
 
 @dataclass
-class ServerContext:
-    """What every session shares: the engine, the flags, the model facts hello reports."""
+class Link:
+    """What a transport hands over. `recv()`: the next client message (str: text, bytes: binary,
+    OVERSIZED: over the size cap) or None once the peer is gone; `send(data)` raises when it is
+    gone; `close(code, reason)` closes with a code (None: the transport closes after
+    serve_connection returns)."""
 
-    engine: EngineLike
-    config: ServerConfig
-    model_name: str = "unknown"
-    model_rate: int = 16000
-    chunk_ms: int | None = None
-    sessions: set["Session"] = field(default_factory=set)
-    draining: bool = False
-    auth: Authenticator = field(default_factory=Authenticator)  # no keys: open
-    metrics: ServerMetrics = field(default_factory=ServerMetrics)
-
-    @property
-    def connected_streams(self) -> int:
-        return len(self.sessions)
+    recv: Recv
+    send: Send_
+    close: Callable[[int, str], Awaitable[None]] | None = None
+    request: Request = field(default_factory=Request)
+    peer: str = "?"
 
 
-@dataclass
-class StreamOptions:
-    """Per-connection defaults (e.g. from WebSocket query parameters)."""
+FROM_REQUEST: Any = object()  # serve_connection's default token: the request's Bearer header or ?token=
 
-    encoding: str = "pcm16"
-    sample_rate: int | None = None  # None: config.sample_rate
-    half_close_ok: bool = False  # TCP: EOF after finalizing still gets the final result
-    bytes_are_json: bool = False  # TCP hands over undecoded lines; WebSocket bytes are raw audio
-    timestamps: bool = False  # results carry token_start_ms and words (?timestamps=true or a config message)
-    endpoint_silence_ms: int | None = None  # this stream's silence endpointing (None: the server's)
+
+def peer_name(addr: Any) -> str:
+    return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) and len(addr) >= 2 else str(addr)
+
+
+async def serve_connection(ctx: ServerContext, link: Link, *, token: str | None = FROM_REQUEST,
+                           protocol: ProtocolFactory | None = None,
+                           unauthorized: str = "missing or wrong API key") -> None:
+    """Serve one connection to its end; never raises for anything the peer does."""
+    factory = protocol or protocol_for(link.request.path)
+    session = Session(ctx, link, factory(link.request, ctx.config, ctx.model))
+    if token is FROM_REQUEST:
+        token = bearer_token(link.request.headers, link.request.path)
+    refusal = _admission(ctx, token, unauthorized)
+    if refusal is not None:
+        await session.refuse(*refusal)
+    else:
+        await session.run()
+
+
+def _admission(ctx: ServerContext, token: str | None, unauthorized: str) -> tuple[str, str] | None:
+    """Why a new connection is turned away before it is greeted, if it is."""
+    if not ctx.auth.check(token):
+        return proto.UNAUTHORIZED, unauthorized
+    if ctx.draining:
+        return proto.SHUTTING_DOWN, "server is shutting down"
+    if ctx.engine.num_free <= 0:
+        return proto.SERVER_FULL, "no free stream slot; try again later"
+    if ctx.pending_connections >= ctx.max_pending_connections:
+        return proto.SERVER_FULL, "too many connections are waiting to send audio; try again later"
+    return None
 
 
 class Session:
-    def __init__(self, ctx: ServerContext, recv: Recv, send: Send, *,
-                 options: StreamOptions | None = None, peer: str = "?", transport: str = "?") -> None:
-        self.ctx = ctx
-        self._recv, self._send_text = recv, send
-        self.options = options or StreamOptions()
-        self.peer, self.transport = peer, transport
-        self.stream_id: int | None = None
-        self._out: asyncio.Queue[Event | dict[str, Any]] = asyncio.Queue()
-        self._rate = self.options.sample_rate or ctx.config.sample_rate
-        self._resampler = audio.Resampler(self._rate, ctx.model_rate)
+    def __init__(self, ctx: ServerContext, link: Link, protocol: StreamProtocol) -> None:
+        self.ctx, self.link, self.protocol = ctx, link, protocol
+        self._wake: asyncio.Queue[Event | None] = asyncio.Queue()  # engine events; None: wire output waits
+        self.stream = EngineStream(ctx.engine, on_event=self._wake.put_nowait)
+        self._wire: deque[Send | Close] = deque()
         self._audio_s = 0.0
-        self._finalized = False  # the engine was told no more audio will come
-        self._engine_done = False  # final result or failure received: nothing to abort
-        self._fatal_sent = False  # a fatal error was reported: no more input is accepted
-        self._outcome = "aborted"
         self._started = time.monotonic()
 
-    # --- lifecycle ---------------------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        return f"{self.link.request.transport} {self.link.peer}"
+
+    async def refuse(self, code: str, message: str) -> None:
+        log.info("connection refused: %s (%s)", code, self.label)
+        self.ctx.metrics.reject(code)
+        self.protocol.refuse(code, message)
+        self._dispatch()
+        try:
+            await self._write_pending()
+        except Exception:  # noqa: BLE001 - the peer is already gone
+            pass
 
     async def run(self) -> None:
-        if self.ctx.draining:
-            self.ctx.metrics.reject(proto.SHUTTING_DOWN)
-            await self._send_quiet(proto.error(proto.SHUTTING_DOWN, "server is shutting down", fatal=True))
-            return
-        if not await self._open():
-            return
         self.ctx.sessions.add(self)
-        log.info("stream %d opened (%s %s)", self.stream_id, self.transport, self.peer)
-        if self.options.endpoint_silence_ms is not None:  # from the URL; ahead of any audio
-            self.ctx.engine.set_endpointing(self.stream_id, self.options.endpoint_silence_ms)
-        writer = reader = None
+        self.protocol.open(self.stream.stream_id, time.monotonic())
+        log.info("stream %d opened (%s)", self.stream.stream_id, self.label)
+        writer = asyncio.create_task(self._write_loop())
+        reader = asyncio.create_task(self._read_loop())
         try:
-            await self._send(self._hello())
-            writer = asyncio.create_task(self._write_loop())
-            reader = asyncio.create_task(self._read_loop())
+            self._dispatch()
             await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
-            if not writer.done() and self._finalized and self.options.half_close_ok:
+            if not writer.done() and self.protocol.state is State.FINISHING:
                 await writer  # the peer half-closed after finalizing: still deliver the final result
         except Exception:  # noqa: BLE001 - a send failure means the peer is gone
             pass
         finally:
             for task in (writer, reader):
-                if task is not None and not task.done():
+                if not task.done():
                     task.cancel()
-                elif task is not None and not task.cancelled():
+                elif not task.cancelled():
                     task.exception()  # retrieved: a failed send is just a departed peer
-            if not self._engine_done:
-                self.ctx.engine.abort(self.stream_id)
+            self.stream.abort()
             self.ctx.sessions.discard(self)
-            log.info("stream %d closed (%s): %.2f s audio, %.2f s wall", self.stream_id, self._outcome,
-                     self._audio_s, time.monotonic() - self._started)
+            log.info("stream %d closed (%s): %.2f s audio, %.2f s wall", self.stream.stream_id,
+                     self.protocol.outcome, self._audio_s, time.monotonic() - self._started)
 
     def stop(self, code: str = proto.SHUTTING_DOWN, message: str = "server is shutting down") -> None:
         """End the stream from the server side: fatal error, then the final result, then close."""
-        self._fail(proto.ProtocolError(code, message, fatal=True))
-
-    async def _open(self) -> bool:
-        loop = asyncio.get_running_loop()
-
-        def sink(event: Event) -> None:  # engine thread
-            try:
-                loop.call_soon_threadsafe(self._out.put_nowait, event)
-            except RuntimeError:  # loop closed: the server is gone, nobody to tell
-                pass
-
-        try:
-            future = self.ctx.engine.open_stream(sink)
-            self.stream_id = await asyncio.wrap_future(future)
-        except ServerFull:
-            log.info("connection rejected: server full (%s %s)", self.transport, self.peer)
-            self.ctx.metrics.reject(proto.SERVER_FULL)
-            await self._send_quiet(proto.error(proto.SERVER_FULL, "no free stream slot; try again later",
-                                               fatal=True))
-            return False
-        return True
-
-    def _hello(self) -> dict[str, Any]:
-        return proto.hello(self.stream_id, self._rate, model=self.ctx.model_name, chunk_ms=self.ctx.chunk_ms)
+        self.protocol.stop(code, message)
+        self._dispatch()
 
     # --- reading -----------------------------------------------------------------------------
-
     async def _read_loop(self) -> None:
         """Returns when the peer is gone. Keeps reading after finalizing, to notice a disconnect."""
-        idle = self.ctx.config.idle_timeout
         while True:
+            deadline = self.protocol.deadline()
             try:
-                if self._finalized or not idle or idle <= 0:
-                    raw = await self._recv()
+                if deadline is None:
+                    raw = await self.link.recv()
                 else:
-                    raw = await asyncio.wait_for(self._recv(), idle)
+                    raw = await asyncio.wait_for(self.link.recv(), max(0.0, deadline - time.monotonic()))
             except asyncio.TimeoutError:
-                self._fail(proto.ProtocolError(proto.IDLE_TIMEOUT, f"no message for {idle:g} s", fatal=True))
+                self.protocol.timeout(time.monotonic())
+                self._dispatch()
                 continue
             except Exception:  # noqa: BLE001 - transport error: the peer is gone
-                return
+                raw = None
             if raw is None:
+                self.protocol.eof()
+                self._dispatch()
                 return
-            self._handle_raw(raw)
+            self.protocol.receive(raw, time.monotonic())
+            self._dispatch()
 
-    def _handle_raw(self, raw: str | bytes | _Oversized) -> None:
-        if self._fatal_sent:
-            return  # after a fatal error the server accepts no more input
-        try:
-            self._handle(self._parse(raw))
-        except proto.ProtocolError as exc:
-            if exc.fatal:
-                self._fail(exc)
-            else:
-                self._queue(proto.error_from(exc))
-        except audio.AudioError as exc:
-            self._queue(proto.error(exc.code, str(exc)))
-        except Exception:  # noqa: BLE001 - never let one stream take the server down
-            log.exception("stream %s: internal error", self.stream_id)
-            self._fail(proto.ProtocolError(proto.INTERNAL, "internal server error", fatal=True))
-
-    def _parse(self, raw: str | bytes | _Oversized) -> proto.ClientMessage:
-        cap = self.ctx.config.max_message_bytes
-        if raw is OVERSIZED or len(raw) > cap:
-            raise proto.ProtocolError(proto.MESSAGE_TOO_LARGE, f"message larger than {cap} bytes", fatal=True)
-        if isinstance(raw, bytes) and not self.options.bytes_are_json:
-            return proto.parse_binary(raw)
-        return proto.parse_text(raw)
-
-    def _handle(self, msg: proto.ClientMessage) -> None:
-        if isinstance(msg, proto.Ping):
-            self._queue(proto.pong())
-        elif isinstance(msg, proto.Audio):
-            self._on_audio(msg)
-        elif isinstance(msg, proto.Close):
-            self._finalize()
-        elif isinstance(msg, proto.Flush):
-            self._on_flush()
-        elif isinstance(msg, proto.Config):
-            if msg.timestamps is not None:
-                self.options.timestamps = msg.timestamps
-            if msg.endpoint_silence_ms is not None and not self._finalized:
-                self.ctx.engine.set_endpointing(self.stream_id, msg.endpoint_silence_ms)
-
-    def _on_audio(self, msg: proto.Audio) -> None:
-        if self._finalized:
-            if msg.data or msg.samples:
-                raise proto.ProtocolError(proto.AUDIO_AFTER_FINAL, "audio after the stream was finalized; dropped")
-            return
-        samples = self._decode(msg)
-        if msg.sample_rate is not None and msg.sample_rate != self._rate:
-            self._change_rate(msg.sample_rate)
-        samples, over = self._within_budget(samples)
-        out = self._resampler.push(samples)
-        final = msg.final or over
-        if final:
-            out = np.concatenate([out, self._resampler.flush()])
-        self._audio_s += len(samples) / self._rate
-        self._send_audio(out, final)
-        if over:
-            limit = self.ctx.config.max_stream_seconds
-            self._fail(proto.ProtocolError(proto.STREAM_TOO_LONG,
-                                           f"stream exceeded {limit:g} s of audio; finalized", fatal=True))
-
-    def _decode(self, msg: proto.Audio) -> np.ndarray:
-        if msg.samples is not None:
-            return audio.from_samples(msg.samples)
-        return audio.decode(msg.data or b"", msg.encoding or self.options.encoding)
-
-    def _change_rate(self, rate: int) -> None:
-        tail = self._resampler.flush()
-        if tail.size:
-            self.ctx.engine.send_audio(self.stream_id, tail)
-        self._rate = rate
-        self._resampler = audio.Resampler(rate, self.ctx.model_rate)
-
-    def _within_budget(self, samples: np.ndarray) -> tuple[np.ndarray, bool]:
-        """The part of `samples` within --max-stream-seconds, and whether the limit was passed."""
-        room = self.ctx.config.max_stream_seconds - self._audio_s
-        fits = max(0, int(round(room * self._rate)))
-        if len(samples) <= fits:
-            return samples, False
-        return samples[:fits], True
-
-    def _send_audio(self, samples: np.ndarray, final: bool) -> None:
-        if samples.size:
-            self.ctx.engine.send_audio(self.stream_id, samples, final=final)
-        elif final:
-            self.ctx.engine.finalize(self.stream_id)
-        self._finalized = self._finalized or final
-
-    def _finalize(self) -> None:
-        if not self._finalized:
-            self._send_audio(self._resampler.flush(), final=True)
-
-    def _on_flush(self) -> None:
-        """Everything received is decoded and answered with a `flushed` result; the stream goes on.
-        The resampler is drained too (its tail belongs before the flush) and starts afresh."""
-        if self._finalized:
-            return
-        tail = self._resampler.flush()
-        if tail.size:
-            self.ctx.engine.send_audio(self.stream_id, tail)
-        self._resampler = audio.Resampler(self._rate, self.ctx.model_rate)
-        self.ctx.engine.flush(self.stream_id)
-
-    def _fail(self, exc: proto.ProtocolError) -> None:
-        """A fatal error: report it once, stop taking input, finalize so the transcript is kept."""
-        if self._fatal_sent:
-            return
-        self._fatal_sent = True
-        self._outcome = exc.code
-        self._queue(proto.error_from(exc))
-        self._finalize()
+    def _dispatch(self) -> None:
+        """Carry out the protocol's outputs: engine commands now, wire messages via the writer."""
+        wire = False
+        for out in self.protocol.outputs():
+            if isinstance(out, (Send, Close)):
+                self._wire.append(out)
+                wire = True
+            elif isinstance(out, Audio):
+                self._audio_s += len(out.samples) / self.ctx.model.sample_rate
+                self.stream.send(out.samples, out.final)
+            elif isinstance(out, Flush):
+                self.stream.flush()
+            elif isinstance(out, Finish):
+                self.stream.finish()
+            elif isinstance(out, Endpointing):
+                self.stream.set_endpointing(out.silence_ms)
+        if wire:
+            self._wake.put_nowait(None)
 
     # --- writing -----------------------------------------------------------------------------
-
-    def _queue(self, msg: dict[str, Any]) -> None:
-        self._out.put_nowait(msg)
-
     async def _write_loop(self) -> None:
-        """Sends everything in order; returns after the final result (or a stream failure)."""
+        """Writes everything in order; returns after the protocol's Close."""
         while True:
-            item = await self._out.get()
-            if isinstance(item, dict):
-                await self._send(item)
-            elif isinstance(item, Result):
-                self._engine_done = self._engine_done or item.is_final
-                await self._send(proto.result(item, self.options.timestamps))
-                if item.is_final:
-                    self._outcome = "final" if self._outcome == "aborted" else self._outcome
-                    return
-            elif isinstance(item, UtteranceEnd):
-                await self._send(proto.eou(item, self.options.timestamps))
-            elif isinstance(item, StreamFailed):
-                self._engine_done = True
-                self._outcome = item.code
-                await self._send(proto.error(item.code, item.message, fatal=True))
+            event = await self._wake.get()
+            if event is not None:
+                if isinstance(event, StreamFailed) and self.stream.refused:
+                    log.info("connection rejected: %s (%s)", event.code, self.label)
+                    self.ctx.metrics.reject(event.code)
+                self.protocol.engine_event(event)
+                self._dispatch()
+            if await self._write_pending():
                 return
 
-    async def _send(self, msg: dict[str, Any]) -> None:
-        if msg.get("type") == "error":
-            self.ctx.metrics.error(msg["code"])
-        await self._send_text(proto.dumps(msg))
-
-    async def _send_quiet(self, msg: dict[str, Any]) -> None:
-        try:
-            await self._send(msg)
-        except Exception:  # noqa: BLE001 - peer already gone; nothing to do
-            pass
+    async def _write_pending(self) -> bool:
+        """Send what waits; True once the Close is done."""
+        while self._wire:
+            out = self._wire.popleft()
+            if isinstance(out, Close):
+                if self.link.close is not None:
+                    await self.link.close(out.code, out.reason)
+                return True
+            if out.error is not None:
+                self.ctx.metrics.error(out.error)
+            await self.link.send(out.data)
+        return False

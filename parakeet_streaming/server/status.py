@@ -6,18 +6,13 @@ import ssl
 from typing import Any
 
 from parakeet_streaming.server import protocol as proto
-from parakeet_streaming.server.session import ServerContext
+from parakeet_streaming.server.context import ServerContext
 from parakeet_streaming.server.tcp import close_writer
 
 
 def status_message(ctx: ServerContext) -> dict[str, Any]:
-    engine = ctx.engine
-    extra: dict[str, Any] = {"max_num_streams": ctx.config.max_num_streams, "model": ctx.model_name}
-    for name in ("num_active", "num_free"):
-        value = getattr(engine, name, None)
-        if isinstance(value, int):
-            extra[name] = value
-    return proto.status(ctx.connected_streams, **extra)
+    return proto.status(ctx.connected_streams, max_num_streams=ctx.config.max_num_streams, model=ctx.model.name,
+                        num_active=ctx.engine.num_active, num_free=ctx.engine.num_free)
 
 
 async def serve_status(ctx: ServerContext, host: str, port: int,

@@ -8,18 +8,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from typing import Awaitable, Callable
 
-from parakeet_streaming.server import protocol as proto
+from parakeet_streaming.server.context import ServerContext
 from parakeet_streaming.server.security import auth_line_token
-from parakeet_streaming.server.session import OVERSIZED, Recv, Send, ServerContext, Session, StreamOptions
+from parakeet_streaming.server.session import Link, peer_name, serve_connection
+from parakeet_streaming.server.wire import OVERSIZED, Message, Request
 
 log = logging.getLogger("parakeet_streaming.tcp")
 
 AUTH_SECONDS = 30.0  # wait for the auth line when --idle-timeout is 0 (a silent socket must not linger)
+AUTH_HINT = 'the first line must be {"type":"auth","token":"<API key>"} with a valid key'
+Recv = Callable[[], Awaitable["Message | None"]]
 
 
 class LineReader:
-    """Splits the byte stream into lines no longer than `cap` bytes.
+    """Splits the byte stream into lines no longer than `cap` bytes, each a text message (str;
+    bytes that are not UTF-8 kept as surrogate escapes, so the protocol reports them in-band).
 
     A line over the cap yields OVERSIZED once; the framing is then lost, so everything after it is
     discarded until EOF. Blank lines are skipped. Returns None at EOF or on a connection error.
@@ -29,7 +34,7 @@ class LineReader:
         self._reader, self._cap = reader, cap
         self._lost = False
 
-    async def recv(self) -> bytes | object | None:
+    async def recv(self) -> Message | None:
         if self._lost:
             return await self._discard()
         while True:
@@ -39,14 +44,14 @@ class LineReader:
                 self._lost = True
                 return OVERSIZED
             except asyncio.IncompleteReadError as exc:  # EOF; a last unterminated line still counts
-                return exc.partial if exc.partial.strip() else None
+                return _text(exc.partial) if exc.partial.strip() else None
             except (ConnectionError, OSError):
                 return None
             if len(line) - 1 > self._cap:
                 self._lost = True
                 return OVERSIZED
             if line.strip():
-                return line.rstrip(b"\r\n")
+                return _text(line.rstrip(b"\r\n"))
 
     async def _discard(self) -> None:
         try:
@@ -78,48 +83,40 @@ async def _handle(ctx: ServerContext, lines: LineReader, writer: asyncio.StreamW
         writer.write(text.encode("utf-8") + b"\n")
         await writer.drain()
 
-    peername = writer.get_extra_info("peername")
-    peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
-    if ctx.auth.required and not await _authenticate(ctx, lines, send):
-        return
+    token = await _auth_line(ctx, lines) if ctx.auth.required else None
     recv = lines.recv if ctx.auth.required else _skip_auth_line(lines.recv)
-    options = StreamOptions(half_close_ok=True, bytes_are_json=True)
-    await Session(ctx, recv, send, options=options, peer=peer, transport="tcp").run()
+    link = Link(recv, send, request=Request(transport="tcp"), peer=peer_name(writer.get_extra_info("peername")))
+    await serve_connection(ctx, link, token=token, unauthorized=AUTH_HINT)
+
+
+def _text(line: bytes) -> str:
+    return line.decode("utf-8", "surrogateescape")
 
 
 def _skip_auth_line(recv: Recv) -> Recv:
     """Without keys, a client that sends an auth line anyway is served as if it had not."""
     first = True
 
-    async def wrapped() -> bytes | object | None:
+    async def wrapped() -> Message | None:
         nonlocal first
         line = await recv()
         if first:
             first = False
-            if isinstance(line, bytes) and auth_line_token(line) is not None:
+            if isinstance(line, str) and auth_line_token(line) is not None:
                 return await recv()
         return line
 
     return wrapped
 
 
-async def _authenticate(ctx: ServerContext, lines: LineReader, send: Send) -> bool:
-    """Read the auth line; on a wrong or missing key send `unauthorized` and return False."""
+async def _auth_line(ctx: ServerContext, lines: LineReader) -> str | None:
+    """The token of the first line, if it is an auth line in time."""
     idle = ctx.config.idle_timeout
     try:
         line = await asyncio.wait_for(lines.recv(), idle if idle and idle > 0 else AUTH_SECONDS)
     except asyncio.TimeoutError:
-        line = None
-    if isinstance(line, bytes) and ctx.auth.check(auth_line_token(line)):
-        return True
-    ctx.metrics.reject(proto.UNAUTHORIZED)
-    ctx.metrics.error(proto.UNAUTHORIZED)
-    try:
-        await send(proto.dumps(proto.error(proto.UNAUTHORIZED, "the first line must be "
-                                           '{"type":"auth","token":"<API key>"} with a valid key', fatal=True)))
-    except (ConnectionError, OSError):
-        pass
-    return False
+        return None
+    return auth_line_token(line) if isinstance(line, str) else None
 
 
 async def close_writer(writer: asyncio.StreamWriter) -> None:

@@ -3,7 +3,7 @@ verbose_json, srt, vtt). Pure functions of plain data: no I/O."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 from parakeet_streaming.engine.events import Event, Result, UtteranceEnd
@@ -16,62 +16,93 @@ CONTENT_TYPES = {"json": "application/json", "verbose_json": "application/json",
 
 @dataclass
 class Segment:
-    """One utterance (ended by the model or the endpointer), or the unfinished tail of the file."""
+    """One utterance (ended by the model, the endpointer or a flush), or the unfinished tail."""
 
     id: int
     start_ms: int
-    end_ms: int
+    end_ms: int  # clamped so that segments never overlap
     text: str
     token_ids: list[int] = field(default_factory=list)
     confidences: list[float] = field(default_factory=list)
     words: list[Word] = field(default_factory=list)
+    index: int = 0  # the stream's utterance index
+    audio_ms: int = 0  # where the stream said it ended
+    backchannel: bool = False
+    reason: str | None = None  # "model" | "silence" | "flush"; None: the unfinished tail
 
 
 @dataclass
 class FileTranscript:
+    """A finished stream: the one fold of its events, for every output (HTTP formats, the CLI)."""
+
     text: str
     duration_s: float
-    segments: list[Segment]
+    utterances: list[Segment]  # every utterance end, in order (some without words), then the tail
     words: list[Word]
+    token_ids: list[int] = field(default_factory=list)
+    confidences: list[float] = field(default_factory=list)
+    token_frames: list[int] = field(default_factory=list)
+    token_start_ms: list[int] = field(default_factory=list)
+
+    @property
+    def segments(self) -> list[Segment]:
+        """The utterances with words, numbered from 0."""
+        return [replace(u, id=i) for i, u in enumerate(u for u in self.utterances if u.text)]
 
 
 def collect(events: Iterable[Event], duration_s: float) -> FileTranscript:
-    """Events of one stream, in order, ending with the final Result -> the transcript and its segments."""
-    segments: list[Segment] = []
+    """Events of one stream, in order, ending with the final Result -> its transcript."""
+    t = FileTranscript("", duration_s, [], [])
     tokens: list[int] = []
     confs: list[float] = []
     words: list[Word] = []
-    all_words: list[Word] = []
     committed, text, prev_end = "", "", 0
     final: Result | None = None
 
-    def close(seg_text: str, end_ms: int, extra_words: list[Word]) -> None:
+    def close(index: int, seg_text: str, end_ms: int, extra_words: list[Word], **end: Any) -> None:
         nonlocal tokens, confs, words, prev_end
         words += extra_words
         # Word times are frame-exact, utterance ends chunk-exact: clamp so segments never overlap.
         start = max(words[0].start_ms, prev_end) if words else prev_end
-        end = max(start, end_ms)
-        if seg_text.strip():  # an utterance that ended without words is no segment
-            segments.append(Segment(len(segments), start, end, seg_text.strip(), tokens, confs, words))
-        tokens, confs, words, prev_end = [], [], [], end
+        stop = max(start, end_ms)
+        t.utterances.append(Segment(len(t.utterances), start, stop, seg_text.strip(), tokens, confs, words,
+                                    index, end_ms, **end))
+        tokens, confs, words, prev_end = [], [], [], stop
 
     for ev in events:
         if isinstance(ev, Result):
             tokens += ev.token_ids
             confs += ev.confidences
             words += ev.words
-            all_words += ev.words
+            t.words += ev.words
+            t.token_ids += ev.token_ids
+            t.confidences += ev.confidences
+            t.token_frames += ev.token_frames
+            t.token_start_ms += ev.token_start_ms
             text = ev.text
             final = ev if ev.is_final else final
         elif isinstance(ev, UtteranceEnd):
-            all_words += ev.words
-            close(ev.text, ev.audio_ms, list(ev.words))
+            t.words += ev.words
+            close(ev.utterance, ev.text, ev.audio_ms, list(ev.words), backchannel=ev.backchannel, reason=ev.reason)
             committed = text
     if final is None:
         raise ValueError("the events end without a final result")
     tail = final.text[len(committed):] if final.text.startswith(committed) else ""
-    close(tail, final.audio_ms, [])
-    return FileTranscript(final.text, duration_s, segments, all_words)
+    close(final.utterance, tail, final.audio_ms, [])
+    if not t.utterances[-1].text:
+        t.utterances.pop()  # no unfinished tail
+    t.text = final.text
+    return t
+
+
+def cli_json(t: FileTranscript) -> dict[str, Any]:
+    """`parakeet-server transcribe --json`."""
+    utterances = [{"index": u.index, "text": u.text, "audio_ms": u.audio_ms, "backchannel": u.backchannel,
+                   "ended": u.reason is not None, **({"reason": u.reason} if u.reason is not None else {})}
+                  for u in t.utterances]
+    return {"text": t.text, "token_ids": t.token_ids, "confidence_scores": t.confidences,
+            "token_frames": t.token_frames, "token_start_ms": t.token_start_ms,
+            "words": [vars(w) for w in t.words], "utterances": utterances}
 
 
 def render(t: FileTranscript, fmt: str, word_timestamps: bool = False) -> str | dict[str, Any]:

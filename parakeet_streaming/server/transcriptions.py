@@ -5,8 +5,8 @@ one model), `response_format` (json | text | verbose_json | srt | vtt), `stream`
 `transcript.text.delta` events, then `transcript.text.done`), `timestamp_granularities[]` (word adds
 `words` to verbose_json). `language`, `prompt`, `temperature` are accepted and ignored.
 
-A file is one engine stream: it takes a slot like a live stream (none free: 429 `server_full`) and
-all its audio is queued at once. The engine steps every ready stream once per batched step, so a
+A file is one engine stream (engine/handle.py): it takes a slot like a live stream (none free: 429
+`server_full`) and all its audio is queued at once. The engine steps every ready stream once per batched step, so a
 file advances one chunk per step next to the live streams: faster than real time, never ahead of them.
 """
 from __future__ import annotations
@@ -22,10 +22,11 @@ import numpy as np
 from aiohttp import BodyPartReader, web
 
 from parakeet_streaming import audio
-from parakeet_streaming.engine.events import Event, Result, ServerFull, StreamFailed
+from parakeet_streaming.engine.events import Event, Result, StreamFailed
+from parakeet_streaming.engine.handle import EngineStream, StreamRefused
 from parakeet_streaming.server import protocol as proto
 from parakeet_streaming.server import transcript_formats as fmt
-from parakeet_streaming.server.session import ServerContext
+from parakeet_streaming.server.context import ServerContext
 
 log = logging.getLogger("parakeet_streaming.transcriptions")
 
@@ -47,14 +48,14 @@ class RequestError(Exception):
         return web.json_response(body, status=self.status)
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_post(PATH, transcriptions)
+def add_routes(app: web.Application, ctx: ServerContext) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await transcriptions(ctx, request)
+
+    app.router.add_post(PATH, handler)
 
 
-async def transcriptions(request: web.Request) -> web.StreamResponse:
-    from parakeet_streaming.server.http import CTX
-
-    ctx = request.app[CTX]
+async def transcriptions(ctx: ServerContext, request: web.Request) -> web.StreamResponse:
     try:
         if ctx.draining:
             raise RequestError(503, proto.SHUTTING_DOWN, "server is shutting down")
@@ -63,16 +64,21 @@ async def transcriptions(request: web.Request) -> web.StreamResponse:
         if response_format not in fmt.FORMATS:
             raise RequestError(400, "bad_request", f"response_format must be one of {', '.join(fmt.FORMATS)}",
                                "response_format")
-        stream = _flag(form.get("stream", "false"))
-        samples, duration = await _decode(data, ctx.model_rate, ctx.config.max_stream_seconds)
-        events = _run_stream(ctx, samples)
         try:
-            await anext(events)  # opens the stream: a full server fails here, before any response
+            stream = proto.parse_flag("stream", form.get("stream", "false") or "false")
+        except proto.ProtocolError as exc:
+            raise RequestError(400, "bad_request", exc.message, "stream") from exc
+        samples, duration = await _decode(data, ctx.model.sample_rate, ctx.config.max_stream_seconds)
+        # Left at once, not when collected: a departed client frees its slot now.
+        async with EngineStream(ctx.engine) as engine_stream:
+            try:
+                await engine_stream.wait_open()  # a full server fails here, before any response
+            except StreamRefused as exc:
+                raise RequestError(429 if exc.code == proto.SERVER_FULL else 503, exc.code, exc.message) from exc
+            engine_stream.send(samples, final=True)
             if stream:
-                return await _stream_sse(request, events)
-            transcript = fmt.collect([ev async for ev in events if ev is not None], duration)
-        finally:
-            await events.aclose()  # at once, not when collected: a departed client frees its slot now
+                return await _stream_sse(request, _until_final(engine_stream))
+            transcript = fmt.collect([ev async for ev in _until_final(engine_stream)], duration)
     except RequestError as exc:
         if exc.code in (proto.SERVER_FULL, proto.SHUTTING_DOWN):
             ctx.metrics.reject(exc.code)
@@ -126,14 +132,6 @@ async def _read_capped(part: BodyPartReader, cap: int, name: str) -> bytes:
     return bytes(out)
 
 
-def _flag(value: str) -> bool:
-    if value.lower() in ("true", "1"):
-        return True
-    if value.lower() in ("false", "0", ""):
-        return False
-    raise RequestError(400, "bad_request", f"'stream' must be true or false, got {value!r}", "stream")
-
-
 async def _decode(data: bytes, model_rate: int, max_seconds: float) -> tuple[np.ndarray, float]:
     def decode() -> tuple[np.ndarray, int]:
         with tempfile.NamedTemporaryFile(suffix=".wav") as f:
@@ -152,41 +150,15 @@ async def _decode(data: bytes, model_rate: int, max_seconds: float) -> tuple[np.
     return await asyncio.to_thread(audio.resample, samples, rate, model_rate), duration
 
 
-async def _run_stream(ctx: ServerContext, samples: np.ndarray) -> AsyncIterator[Event | None]:
-    """Yields None once the stream is open, then its events up to the final result."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Event] = asyncio.Queue()
-
-    def sink(event: Event) -> None:  # engine thread
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, event)
-        except RuntimeError:  # loop closed
-            pass
-
-    try:
-        stream_id = await asyncio.wrap_future(ctx.engine.open_stream(sink))
-    except ServerFull as exc:
-        raise RequestError(429, proto.SERVER_FULL, "no free stream slot; try again later") from exc
-    done = False
-    try:
-        if samples.size:
-            ctx.engine.send_audio(stream_id, samples, final=True)
-        else:
-            ctx.engine.finalize(stream_id)
-        yield None
-        while not done:
-            event = await queue.get()
-            if isinstance(event, StreamFailed):
-                done = True
-                raise RequestError(500, event.code, event.message)
-            done = isinstance(event, Result) and event.is_final
-            yield event
-    finally:
-        if not done:  # the client went away (or failed): free the slot
-            ctx.engine.abort(stream_id)
+async def _until_final(stream: EngineStream) -> AsyncIterator[Event]:
+    """The stream's events up to the final result; a failure is a server error."""
+    async for event in stream:
+        if isinstance(event, StreamFailed):
+            raise RequestError(500, event.code, event.message)
+        yield event
 
 
-async def _stream_sse(request: web.Request, events: AsyncIterator[Event | None]) -> web.StreamResponse:
+async def _stream_sse(request: web.Request, events: AsyncIterator[Event]) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     text = ""

@@ -1,0 +1,39 @@
+"""The engine as its users see it: what `Engine` and the tests' fake both implement.
+
+Every method is thread-safe and non-blocking (commands go through the engine's inbox); `sink` is
+called on the engine thread with each event of its stream and must not block.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+from typing import Callable, Literal, Protocol
+
+import numpy as np
+
+from parakeet_streaming.engine.events import EngineStats, Event
+
+Sink = Callable[[Event], None]
+# warming_up: the loop has not run its warm-up step yet; degraded: warm-up failed, streams may fail.
+Phase = Literal["warming_up", "ready", "degraded", "stopped"]
+
+
+class EngineAPI(Protocol):
+    max_num_streams: int
+
+    @property
+    def phase(self) -> Phase: ...
+    @property
+    def num_active(self) -> int: ...  # streams holding a slot
+    @property
+    def num_free(self) -> int: ...
+
+    def start(self) -> None: ...
+    def shutdown(self, timeout: float = 10.0) -> None: ...
+    def new_stream_id(self) -> int: ...
+    def open_stream(self, sink: Sink, stream_id: int | None = None) -> concurrent.futures.Future: ...
+    def send_audio(self, stream_id: int, samples: np.ndarray, final: bool = False) -> None: ...
+    def finalize(self, stream_id: int) -> None: ...
+    def flush(self, stream_id: int) -> None: ...
+    def abort(self, stream_id: int) -> None: ...
+    def set_endpointing(self, stream_id: int, silence_ms: int) -> None: ...
+    def stats_snapshot(self) -> EngineStats: ...
