@@ -14,6 +14,8 @@ import pytest
 from client_helpers import RecordingEngine, file_is_in
 from server_helpers import engine_factory, running_server  # noqa: F401 - fixture
 
+pytestmark = pytest.mark.slow  # a browser
+
 pytest.importorskip("parakeet_streaming.engine.engine")
 playwright = pytest.importorskip("playwright.async_api")
 

@@ -15,6 +15,8 @@ import pytest
 from client_helpers import RecordingEngine, file_is_in, offline_transcript
 from server_helpers import engine_factory, running_server  # noqa: F401 - fixture
 
+pytestmark = pytest.mark.slow  # npm and Node.js
+
 pytest.importorskip("parakeet_streaming.engine.engine")
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,6 +14,8 @@ import pytest
 from server_helpers import CLI, start_server_process, stop_server_process
 from test_loader import write_nemo
 
+pytestmark = pytest.mark.slow  # a subprocess server
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
 TIMEOUT = 120
 

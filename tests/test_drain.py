@@ -68,6 +68,7 @@ async def test_drain_lets_open_streams_finish_then_finalizes_the_rest(engine_fac
         assert not app.ctx.sessions
 
 
+@pytest.mark.slow  # a dummy-weight subprocess server
 async def test_sigterm_drains_a_stream_in_progress_and_exits_0(short_speech):
     proc, ports = start_server_process([*DUMMY, "--drain-seconds", "20"])
     try:
@@ -100,6 +101,7 @@ async def test_sigterm_drains_a_stream_in_progress_and_exits_0(short_speech):
         proc.wait()
 
 
+@pytest.mark.slow  # a dummy-weight subprocess server
 async def test_sigterm_finalizes_streams_at_the_deadline(short_speech):
     proc, ports = start_server_process([*DUMMY, "--drain-seconds", "1"])
     try:

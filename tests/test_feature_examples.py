@@ -14,6 +14,8 @@ from server_helpers import CLI, start_server_process, stop_server_process
 from test_docs_examples import EXAMPLES, TIMEOUT, expected, tiny_nemo  # noqa: F401
 from test_endpointing import PAUSE_S, sentences, speech_end_ms  # noqa: F401
 
+pytestmark = pytest.mark.slow  # a subprocess server
+
 SILENCE_MS = 500
 
 

@@ -12,6 +12,8 @@ import pytest
 from server_helpers import CLI, DUMMY, pcm16_b64, start_server_process
 from websockets.asyncio.client import connect
 
+pytestmark = pytest.mark.slow  # dummy-weight subprocess servers
+
 pytest.importorskip("parakeet_streaming.engine.engine")
 
 async def test_serve_streams_and_exits_cleanly_on_sigterm(short_speech):

@@ -20,10 +20,14 @@ class ModelInfo:
     name: str = "unknown"
     sample_rate: int = 16000
     chunk_ms: int | None = None
+    token_texts: tuple[str | None, ...] = ()  # per token id: its text ("▁" as a space); None: special
 
     @classmethod
     def of(cls, model: Any) -> "ModelInfo":
-        return cls(model.name, model.config.sample_rate, model.frame_ms * model.chunk_frames)
+        tok = model.tokenizer
+        texts = tuple(None if tok.is_special(i) else tok.id_to_piece(i).replace("\u2581", " ")
+                      for i in range(tok.vocab_size))
+        return cls(model.name, model.config.sample_rate, model.frame_ms * model.chunk_frames, texts)
 
 
 @dataclass

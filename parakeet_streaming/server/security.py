@@ -62,10 +62,11 @@ def _read_key_file(path: str) -> list[str]:
 
 
 def bearer_token(headers: Mapping[str, str], path_or_query: str) -> str | None:
-    """The key of an HTTP or WebSocket request: the Bearer header wins over `?token=`."""
+    """The key of an HTTP or WebSocket request: the `Authorization: Bearer KEY` header (or `Token KEY`,
+    Deepgram's scheme) wins over `?token=`."""
     auth = headers.get("Authorization") or ""
     scheme, _, value = auth.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
+    if scheme.lower() in ("bearer", "token") and value.strip():
         return value.strip()
     query = parse_qs(urlsplit(path_or_query).query)
     return query["token"][-1] if "token" in query else None
