@@ -1,0 +1,287 @@
+"""The Ray Serve application (parakeet_streaming/deploy/ray_serve.py) on a local Ray cluster, loopback
+only, replicas loading the tiny NeMo checkpoint tests/golden/small/model.nemo. Real sockets end to end:
+websockets client -> Serve's HTTP proxy -> replica's ASGI app -> the stream core -> its engine.
+
+Covers issue 13's proofs: streams spread over 2 replicas with the tokens of a single
+`parakeet-server serve`; every slot taken -> `server_full` within a second; a killed replica's clients
+are closed quickly while the other replica's streams finish, and Serve brings the replica back;
+autoscaling 1 -> 2 -> 1 on open streams; a stopped replica lets its open streams finish."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # every Ray process on 127.0.0.1 only
+for _var in ("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S"):
+    os.environ.setdefault(_var, "0.5")  # the autoscaler sees open streams within a second (default 10 s)
+ray = pytest.importorskip("ray", reason="ray[serve] is not installed (pip install 'ray[serve]')")
+serve = pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install 'ray[serve]')")
+
+from websockets.asyncio.client import connect  # noqa: E402
+from websockets.exceptions import ConnectionClosed  # noqa: E402
+
+from conftest import GOLDEN, read_wav  # noqa: E402
+from parakeet_streaming.deploy.asgi import INSTANCE_HEADER  # noqa: E402
+from parakeet_streaming.deploy.ray_serve import ParakeetReplica, deployment_options, server_config  # noqa: E402
+from server_helpers import finals, start_server_process, stop_server_process, tokens_of  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+MODEL = str(GOLDEN / "small" / "model.nemo")
+SLOTS = 4
+APP = "parakeet"
+CHUNK = 2560  # 160 ms at 16 kHz
+TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def proxy_port():
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # Ray's processes inherit os.environ
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield port
+    serve.shutdown()
+    ray.shutdown()
+
+
+def deploy(*extra: str, overflow: int = 1, **options: Any) -> None:
+    args = ["--model", MODEL, "--max-num-streams", str(SLOTS), *extra]
+    opts = deployment_options(server_config(args), overflow) | {"ray_actor_options": {"num_cpus": 0}} | options
+    serve.run(serve.deployment(ParakeetReplica).options(**opts).bind(args), name=APP, route_prefix="/")
+
+
+def replica_states() -> dict[str, int]:
+    return dict(serve.status().applications[APP].deployments["parakeet"].replica_states)
+
+
+def running() -> int:
+    return replica_states().get("RUNNING", 0)
+
+
+async def wait_for(condition, timeout: float, what: str) -> float:
+    start = time.monotonic()
+    while not condition():
+        assert time.monotonic() - start < timeout, f"timed out waiting for {what}: {replica_states()}"
+        await asyncio.sleep(0.2)
+    return time.monotonic() - start
+
+
+def pcm16_b64(samples: np.ndarray) -> str:
+    return base64.b64encode(np.clip(np.round(samples * 32768), -32768, 32767).astype("<i2").tobytes()).decode()
+
+
+class Stream:
+    """One native-protocol client stream over a real WebSocket."""
+
+    def __init__(self, ws: Any, hello: dict) -> None:
+        self.ws, self.hello, self.messages = ws, hello, []
+        self.replica = ws.response.headers.get(INSTANCE_HEADER)
+
+    @classmethod
+    async def open(cls, url: str) -> "Stream":
+        ws = await connect(url, open_timeout=TIMEOUT, max_size=None)
+        return cls(ws, json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)))
+
+    async def send(self, samples: np.ndarray, final: bool = False, pace: float = 0.0) -> None:
+        for i in range(0, len(samples), CHUNK):
+            await self.ws.send(json.dumps({"type": "audio", "data": pcm16_b64(samples[i:i + CHUNK])}))
+            if pace:
+                await asyncio.sleep(pace)
+        if final:
+            await self.ws.send(json.dumps({"type": "audio", "data": "", "final": True}))
+
+    async def collect(self) -> list[dict]:
+        """Every message until the server closes."""
+        try:
+            while True:
+                self.messages.append(json.loads(await asyncio.wait_for(self.ws.recv(), TIMEOUT)))
+        except ConnectionClosed:
+            return self.messages
+
+
+def final_tokens(messages: list[dict]) -> list[int]:
+    """The stream's tokens (results carry the new ones), checking it ended with one final result."""
+    assert len(finals(messages)) == 1 and messages[-1] == finals(messages)[0], messages[-3:]
+    return tokens_of(messages)
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    return read_wav(GOLDEN / "speech.wav")
+
+
+@pytest.fixture(scope="module")
+def single_server_tokens(speech: np.ndarray, tmp_path_factory) -> list[int]:
+    """The final tokens of one plain `parakeet-server serve` with the same checkpoint and audio."""
+    log = tmp_path_factory.mktemp("single") / "server.log"
+    proc, ports = start_server_process(["--model", MODEL, "--max-num-streams", str(SLOTS)], log=log)
+    try:
+        async def one() -> list[dict]:
+            stream = await Stream.open(f"ws://127.0.0.1:{ports['ws']}/")
+            await stream.send(speech, final=True)
+            return await stream.collect()
+        tokens = final_tokens(asyncio.run(one()))
+    finally:
+        stop_server_process(proc)
+    assert len(tokens) > 10, "the tiny checkpoint should emit tokens on speech.wav"
+    return tokens
+
+
+async def test_two_replicas_spread_streams_with_the_tokens_of_one_server(proxy_port, speech, single_server_tokens):
+    deploy(num_replicas=2)
+    url = f"ws://127.0.0.1:{proxy_port}/"
+    streams = [await Stream.open(url) for _ in range(2 * SLOTS)]
+    assert all(s.hello["type"] == "hello" for s in streams), [s.hello for s in streams]
+    replicas = [s.replica for s in streams]
+    assert None not in replicas and len(set(replicas)) == 2, replicas
+    assert sorted(replicas.count(r) for r in set(replicas)) == [SLOTS, SLOTS]
+
+    async def run(stream: Stream) -> list[dict]:
+        await stream.send(speech, final=True)
+        return await stream.collect()
+    results = await asyncio.gather(*(run(s) for s in streams))
+    for messages in results:
+        assert final_tokens(messages) == single_server_tokens
+
+
+async def test_every_slot_taken_next_client_gets_server_full_within_a_second(proxy_port, speech):
+    deploy(num_replicas=2)  # idempotent when unchanged
+    url = f"ws://127.0.0.1:{proxy_port}/"
+    holders = [await Stream.open(url) for _ in range(2 * SLOTS)]
+    for h in holders:  # a slot is taken by a stream's first audio
+        await h.send(speech[:CHUNK * 4])
+    for h in holders:
+        msg = json.loads(await asyncio.wait_for(h.ws.recv(), TIMEOUT))
+        assert msg["type"] in ("result", "eou"), msg
+    start = time.monotonic()
+    late = await Stream.open(url)
+    elapsed = time.monotonic() - start
+    assert late.hello["type"] == "error" and late.hello["code"] == "server_full", late.hello
+    assert elapsed < 1.0, f"server_full after {elapsed:.2f} s"
+    await late.collect()
+    for h in holders:
+        await h.send(np.zeros(0, np.float32), final=True)
+        final_tokens(await h.collect())
+    # slots free again: a new stream is served
+    again = await Stream.open(url)
+    assert again.hello["type"] == "hello", again.hello
+    await again.send(speech[:CHUNK * 4], final=True)
+    final_tokens(await again.collect())
+
+
+def replica_pids() -> dict[str, int]:
+    """Serve replica id -> worker pid of the live replicas (asked of each replica actor, as Serve's
+    controller does)."""
+    pids = {}
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        name = entry["name"]  # SERVE_REPLICA::<app>#<deployment>#<replica id>
+        if name.startswith(f"SERVE_REPLICA::{APP}#"):
+            try:
+                actor = ray.get_actor(name, namespace=entry["namespace"])
+                pids[name.rsplit("#", 1)[-1]] = ray.get(actor.is_allocated.remote(), timeout=10)[0]
+            except (ValueError, ray.exceptions.RayError):
+                continue  # gone meanwhile
+    return pids
+
+
+async def test_killed_replica_closes_its_clients_others_finish_and_serve_restores_it(
+        proxy_port, speech, single_server_tokens):
+    deploy(num_replicas=2)
+    url = f"ws://127.0.0.1:{proxy_port}/"
+    streams = [await Stream.open(url) for _ in range(4)]
+    by_replica: dict[str, list[Stream]] = {}
+    for s in streams:
+        by_replica.setdefault(s.replica, []).append(s)
+    assert len(by_replica) == 2, [s.replica for s in streams]
+    victim, survivor = sorted(by_replica)
+    half = len(speech) // 2
+    for s in streams:
+        await s.send(speech[:half])
+    pids = replica_pids()
+    assert victim in pids, pids
+    os.kill(pids[victim], signal.SIGKILL)
+    killed_at = time.monotonic()
+
+    async def cut(stream: Stream) -> float:
+        try:
+            while True:
+                await asyncio.wait_for(stream.ws.recv(), TIMEOUT)
+        except ConnectionClosed:
+            return time.monotonic() - killed_at
+
+    async def finish(stream: Stream) -> list[dict]:
+        await stream.send(speech[half:], final=True)
+        return await stream.collect()
+    cut_after = await asyncio.gather(*(cut(s) for s in by_replica[victim]))
+    assert max(cut_after) < 5.0, cut_after
+    print(f"killed replica's clients closed after {max(cut_after):.2f} s")
+    for messages in await asyncio.gather(*(finish(s) for s in by_replica[survivor])):
+        assert final_tokens(messages) == single_server_tokens
+    replaced = await wait_for(lambda: running() == 2 and len(set(replica_pids()) - {victim, survivor}) == 1,
+                              120, "a replacement replica")
+    print(f"replacement replica running {time.monotonic() - killed_at:.1f} s after the kill")
+    (new,) = set(replica_pids()) - {victim, survivor}
+    fresh = [await Stream.open(url) for _ in range(SLOTS + 1)]  # more than the survivor's slots
+    assert all(s.hello["type"] == "hello" for s in fresh), [s.hello for s in fresh]
+    assert new in {s.replica for s in fresh}
+
+    async def run(stream: Stream) -> list[dict]:
+        await stream.send(speech, final=True)
+        return await stream.collect()
+    for messages in await asyncio.gather(*(run(s) for s in fresh)):
+        assert final_tokens(messages) == single_server_tokens
+
+
+async def test_autoscaling_follows_open_streams_up_and_down(proxy_port, speech):
+    serve.delete(APP)
+    deploy(autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
+                               "upscale_delay_s": 1, "downscale_delay_s": 2, "look_back_period_s": 1})
+    await wait_for(lambda: running() == 1, 60, "one replica")
+    url = f"ws://127.0.0.1:{proxy_port}/"
+    streams = [await Stream.open(url) for _ in range(3)]
+    stop = asyncio.Event()
+
+    async def keep_streaming(stream: Stream) -> None:
+        while not stop.is_set():
+            await stream.send(speech[:CHUNK], pace=0.1)
+    feeders = [asyncio.create_task(keep_streaming(s)) for s in streams]
+    up = await wait_for(lambda: running() == 2, 60, "scale-up to 2")
+    print(f"scaled up to 2 replicas {up:.1f} s after 3 streams opened (target 1 per replica)")
+    stop.set()
+    await asyncio.gather(*feeders)
+    for s in streams:
+        await s.send(np.zeros(0, np.float32), final=True)
+        final_tokens(await s.collect())
+    down = await wait_for(lambda: running() == 1 and "STOPPING" not in replica_states(), 90, "scale-down to 1")
+    print(f"scaled down to 1 replica {down:.1f} s after the streams ended")
+
+
+async def test_stopping_replica_lets_open_streams_finish(proxy_port, speech, single_server_tokens):
+    serve.delete(APP)
+    deploy(num_replicas=1, graceful_shutdown_timeout_s=60, graceful_shutdown_wait_loop_s=0.2)
+    url = f"ws://127.0.0.1:{proxy_port}/"
+    stream = await Stream.open(url)
+    half = len(speech) // 2
+    await stream.send(speech[:half])
+    deleting = asyncio.create_task(asyncio.to_thread(serve.delete, APP))
+    await asyncio.sleep(1.0)
+    assert not deleting.done(), "the replica stopped with a stream open"
+    await stream.send(speech[half:], final=True, pace=0.02)
+    assert final_tokens(await stream.collect()) == single_server_tokens
+    await asyncio.wait_for(deleting, 60)
