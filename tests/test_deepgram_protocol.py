@@ -2,15 +2,20 @@
 UtteranceEnd / SpeechStarted / Metadata (checked against deepgram-sdk's own types when installed)."""
 from __future__ import annotations
 
+import json
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
 import pytest
 
-from parakeet_streaming.engine.events import Result, UtteranceEnd
+from parakeet_streaming.config import ServerConfig
+from parakeet_streaming.engine.events import Result, StreamFailed, UtteranceEnd
 from parakeet_streaming.engine.words import Word
 from parakeet_streaming.server import deepgram as dg
+from parakeet_streaming.server.context import ModelInfo
+from parakeet_streaming.server.wire import OVERSIZED, Audio, Close, Endpointing, Finish, Flush, Request, Send, State
 
-MODEL = dg.ModelInfo("tiny")
+MODEL = "tiny"
 
 
 def query(url: str) -> dict[str, list[str]]:
@@ -214,3 +219,112 @@ def test_messages_fit_the_deepgram_sdk_types() -> None:
     for msg in msgs:
         parsed = model_of[msg["type"]].model_validate(msg)  # required fields present, types right
         assert parsed.type == msg["type"]
+
+
+# --- the per-connection object ------------------------------------------------------------------
+
+CONFIG = ServerConfig(handshake_timeout=10, idle_timeout=30, max_message_bytes=1 << 20, sample_rate=16000)
+SERVED = ModelInfo("tiny", 16000, 160)
+
+
+def stream(path: str = "/v1/listen?encoding=linear16&sample_rate=16000&interim_results=true") -> dg.DeepgramStream:
+    s = dg.DeepgramStream(Request(path, {}, "test"), CONFIG, SERVED)
+    s.open(5, now=0.0)
+    return s
+
+
+def sent(outputs: list) -> list[dict]:
+    return [json.loads(o.data) for o in outputs if isinstance(o, Send)]
+
+
+def pcm(seconds: float, rate: int = 16000) -> bytes:
+    return (np.sin(np.arange(int(seconds * rate)) / 7) * 9000).astype("<i2").tobytes()
+
+
+def test_no_greeting_and_endpointing_from_the_query() -> None:
+    assert stream().outputs() == []
+    assert stream("/v1/listen?endpointing=300").outputs() == [Endpointing(300)]
+    assert stream("/v1/listen?endpointing=false").outputs() == [Endpointing(0)]
+
+
+def test_a_bad_query_is_an_error_and_a_policy_close() -> None:
+    s = stream("/v1/listen?encoding=opus&sample_rate=48000")
+    out = s.outputs()
+    assert sent(out)[0]["type"] == "Error" and "Unsupported encoding" in sent(out)[0]["description"]
+    assert out[-1].code == 1008 and s.state is State.CLOSED
+
+
+def test_binary_audio_keeps_split_samples() -> None:
+    s = stream()
+    data = pcm(0.1)
+    s.receive(data[:1001], now=1.0)
+    s.receive(data[1001:], now=1.1)
+    out = s.outputs()
+    assert sum(len(o.samples) for o in out if isinstance(o, Audio)) == len(data) // 2
+    assert s.state is State.STREAMING
+
+
+def test_mulaw_at_8khz_is_resampled() -> None:
+    s = stream("/v1/listen?encoding=mulaw&sample_rate=8000")
+    s.receive(b"\xff\x7f" * 4000, now=1.0)  # 1 s
+    s.receive('{"type":"CloseStream"}', now=1.1)
+    out = s.outputs()
+    assert abs(sum(len(o.samples) for o in out if isinstance(o, Audio)) - 16000) < 50
+    assert s.state is State.FINISHING
+
+
+def test_control_messages() -> None:
+    s = stream()
+    s.receive(pcm(0.2), now=1.0)
+    s.receive('{"type":"KeepAlive"}', now=1.5)
+    assert s.deadline() == 31.5
+    s.receive('{"type":"Finalize"}', now=1.6)
+    out = s.outputs()
+    assert isinstance(out[-1], Flush)
+    s.engine_event(result("hi", [80], words=[Word("hi", 80, 160, 0.9)], audio_ms=200, flushed=True))
+    assert sent(s.outputs())[0]["from_finalize"] is True
+    s.receive('{"type":"Configure","keyterms":["x"]}', now=1.7)
+    s.receive("not json", now=1.8)
+    assert [m["type"] for m in sent(s.outputs())] == ["ConfigureFailure", "Error"]
+    s.receive(b"", now=2.0)  # legacy close
+    assert isinstance(s.outputs()[-1], Finish) and s.state is State.FINISHING
+    s.receive(pcm(0.1), now=2.1)  # after CloseStream: ignored
+    assert s.outputs() == []
+    s.engine_event(result("hi", [], audio_ms=200, final=True))
+    out = s.outputs()
+    assert [m["type"] for m in sent(out)] == ["Metadata"] and out[-1] == Close(1000, "")
+    meta = sent(out)[0]
+    assert meta["duration"] == 0.2 and meta["request_id"] == s.request_id
+
+
+def test_fatal_errors_finish_then_close_with_a_code() -> None:
+    s = stream()
+    s.receive(pcm(0.2), now=1.0)
+    s.outputs()
+    s.receive(OVERSIZED, now=1.1)
+    out = s.outputs()
+    assert sent(out)[0]["variant"] == "message_too_large" and s.state is State.FINISHING
+    s.engine_event(result("", [], audio_ms=200, final=True))
+    assert s.outputs()[-1].code == 1009
+    t = stream()
+    t.receive(pcm(0.2), now=1.0)
+    t.timeout(31.0)
+    assert "NET-0001" in sent(t.outputs())[0]["description"]
+    t.engine_event(result("", [], audio_ms=200, final=True))
+    assert t.outputs()[-1].code == 1011
+    w = stream()
+    w.timeout(10.0)  # no audio yet: closed at once, no stream
+    out = w.outputs()
+    assert sent(out)[0]["variant"] == "handshake_timeout" and isinstance(out[-1], Close)
+
+
+def test_engine_failure_and_refusal() -> None:
+    s = stream()
+    s.receive(pcm(0.2), now=1.0)
+    s.outputs()
+    s.engine_event(StreamFailed(5, "server_full", "no free stream slot"))
+    out = s.outputs()
+    assert sent(out)[0]["variant"] == "server_full" and out[-1].code == 1013
+    r = dg.DeepgramStream(Request("/v1/listen"), CONFIG, SERVED)
+    r.refuse("unauthorized", "missing or wrong API key")
+    assert r.outputs()[-1].code == 1008

@@ -18,14 +18,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import unicodedata
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
+from urllib.parse import parse_qs, urlsplit
 
-from parakeet_streaming.engine.events import Result, UtteranceEnd
+import numpy as np
+
+from parakeet_streaming.config import ServerConfig
+from parakeet_streaming.engine.events import Event, Result, StreamFailed, UtteranceEnd
 from parakeet_streaming.engine.words import Word
+from parakeet_streaming.server import timeouts
+from parakeet_streaming.server.byte_audio import ByteAudio
+from parakeet_streaming.server.context import ModelInfo
+from parakeet_streaming.server.intake import AudioIntake
+from parakeet_streaming.server.wire import (OVERSIZED, Audio, Close, Endpointing, Finish, Flush, Message, Output,
+                                            Request, Send, State)
+
+log = logging.getLogger("parakeet_streaming.deepgram")
 
 PATH = "/v1/listen"
 ENCODINGS = {"linear16": "pcm16", "mulaw": "mulaw", "alaw": "alaw"}  # Deepgram name -> audio.decode name
@@ -209,15 +222,16 @@ def parse_text(text: str | bytes) -> ClientMessage:
 # --- server messages -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    version: str = "1"
-    arch: str = "fastconformer-rnnt"
+ARCH = "fastconformer-rnnt"
 
-    @property
-    def uuid(self) -> str:
-        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"parakeet-streaming:{self.name}"))
+
+def model_uuid(name: str) -> str:
+    """A stable id for the served model (Deepgram's `model_uuid`)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"parakeet-streaming:{name}"))
+
+
+def _model_info(name: str) -> dict[str, str]:
+    return {"name": name, "version": "1", "arch": ARCH}
 
 
 def schema_error(exc: SchemaError) -> dict[str, Any]:
@@ -248,7 +262,7 @@ def _strip_punct(text: str) -> str:
 
 
 def results(*, start_ms: int, end_ms: int, transcript: str, words: Sequence[Word], request_id: str,
-            model: ModelInfo, is_final: bool, speech_final: bool, formatted: bool,
+            model: str, is_final: bool, speech_final: bool, formatted: bool,
             from_finalize: bool = False) -> dict[str, Any]:
     items = []
     for w in words:
@@ -265,8 +279,7 @@ def results(*, start_ms: int, end_ms: int, transcript: str, words: Sequence[Word
         "type": "Results", "channel_index": [0, 1], "duration": round((end_ms - start_ms) / 1000, 3),
         "start": round(start_ms / 1000, 3), "is_final": is_final, "speech_final": speech_final,
         "channel": {"alternatives": [{"transcript": transcript, "confidence": confidence, "words": items}]},
-        "metadata": {"request_id": request_id, "model_uuid": model.uuid,
-                     "model_info": {"name": model.name, "version": model.version, "arch": model.arch}},
+        "metadata": {"request_id": request_id, "model_uuid": model_uuid(model), "model_info": _model_info(model)},
     }
     if from_finalize:
         msg["from_finalize"] = True
@@ -281,10 +294,10 @@ def speech_started(timestamp_ms: int) -> dict[str, Any]:
     return {"type": "SpeechStarted", "channel": [0, 1], "timestamp": timestamp_ms / 1000}
 
 
-def metadata(*, request_id: str, sha256: str, created: str, duration_s: float, model: ModelInfo) -> dict[str, Any]:
+def metadata(*, request_id: str, sha256: str, created: str, duration_s: float, model: str) -> dict[str, Any]:
     return {"type": "Metadata", "transaction_key": "deprecated", "request_id": request_id, "sha256": sha256,
-            "created": created, "duration": round(duration_s, 3), "channels": 1, "models": [model.uuid],
-            "model_info": {model.uuid: {"name": model.name, "version": model.version, "arch": model.arch}}}
+            "created": created, "duration": round(duration_s, 3), "channels": 1, "models": [model_uuid(model)],
+            "model_info": {model_uuid(model): _model_info(model)}}
 
 
 def now_iso() -> str:
@@ -304,7 +317,7 @@ class Transcript:
     """
 
     options: ListenOptions
-    model: ModelInfo
+    model: str  # the served model's name
     request_id: str
     _seg_start_ms: int = 0
     _seg_char: int = 0  # where the segment starts in the stream's transcript text
@@ -400,3 +413,169 @@ class AudioDigest:
     @property
     def sha256(self) -> str:
         return self._sha.hexdigest()
+
+
+# --- the per-connection protocol object (server/wire.py) ------------------------------------------
+
+CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_ERROR, CLOSE_AGAIN = 1008, 1009, 1011, 1013
+
+
+class DeepgramStream:
+    """`/v1/listen` for one connection. WAITING (no audio yet, no slot) --audio / Finalize /
+    CloseStream--> STREAMING --CloseStream / fatal error--> FINISHING --final Result: final
+    `Results`, `Metadata`--> CLOSED. There is no greeting: Deepgram sends nothing until it has
+    results. Fatal errors (timeouts, a message over --max-message-bytes, --max-stream-seconds,
+    shutdown) send an `Error`, decode what was received, then `Metadata` and close with a code."""
+
+    def __init__(self, request: Request, config: ServerConfig, model: ModelInfo) -> None:
+        self.request, self.config, self.model = request, config, model
+        self.state = State.WAITING
+        self.outcome = "aborted"
+        self.options = ListenOptions()
+        self.request_id = str(uuid.uuid4())
+        self._transcript = Transcript(self.options, model.name, self.request_id)
+        self._intake = AudioIntake(config.sample_rate, model.sample_rate, config.max_stream_seconds)
+        self._bytes = ByteAudio("pcm16")
+        self._digest = AudioDigest(config.sample_rate, 2)
+        self._out: list[Output] = []
+        self._fatal = False
+        self._close_code, self._close_reason = 1000, ""
+        self._last = 0.0
+
+    # --- inputs ------------------------------------------------------------------------------
+    def open(self, stream_id: int, now: float) -> None:
+        self._last = now
+        try:
+            self.options = parse_query(parse_qs(urlsplit(self.request.path).query))
+        except ListenRejected as exc:
+            self.outcome = "bad_request"
+            self._error("BadRequest", exc.err_msg, code="bad_request")
+            self._close(CLOSE_POLICY, exc.err_msg)
+            return
+        rate = self.options.sample_rate or self.config.sample_rate
+        self._intake = AudioIntake(rate, self.model.sample_rate, self.config.max_stream_seconds)
+        self._bytes = ByteAudio(self.options.audio_encoding)
+        self._digest = AudioDigest(rate, self._bytes.sample_bytes)
+        self._transcript = Transcript(self.options, self.model.name, self.request_id)
+        if self.options.silence_ms is not None:
+            self._out.append(Endpointing(self.options.silence_ms))
+
+    def refuse(self, code: str, message: str) -> None:
+        self.outcome = code
+        self._error(code, message, code=code)
+        self._close(CLOSE_POLICY if code == "unauthorized" else CLOSE_AGAIN, message)
+
+    def receive(self, message: Message, now: float) -> None:
+        self._last = now
+        if self._fatal or self.state in (State.CLOSED, State.FINISHING):
+            return  # after CloseStream or a fatal error nothing more is taken
+        try:
+            if message is OVERSIZED or len(message) > self.config.max_message_bytes:
+                self._fail("message_too_large", f"message larger than {self.config.max_message_bytes} bytes",
+                           CLOSE_TOO_BIG)
+            elif isinstance(message, bytes):
+                self._handle(parse_binary(message))
+            else:
+                self._handle(parse_text(message))
+        except SchemaError as exc:
+            self._send(schema_error(exc), error="bad_json")
+        except Exception:  # noqa: BLE001 - never let one stream take the server down
+            log.exception("deepgram stream %s: internal error", self.request_id)
+            self._fail("internal", "internal server error", CLOSE_ERROR)
+
+    def engine_event(self, event: Event) -> None:
+        if self.state is State.CLOSED:
+            return
+        if isinstance(event, Result):
+            for msg in self._transcript.on_result(event):
+                self._send(msg)
+            if event.is_final:
+                self.outcome = "final" if self.outcome == "aborted" else self.outcome
+                self._send(metadata(request_id=self.request_id, sha256=self._digest.sha256, created=now_iso(),
+                                    duration_s=self._digest.duration_s, model=self.model.name))
+                self._close(self._close_code, self._close_reason)
+        elif isinstance(event, UtteranceEnd):
+            for msg in self._transcript.on_utterance_end(event):
+                self._send(msg)
+        elif isinstance(event, StreamFailed):
+            self.outcome = event.code
+            self._error(event.code, event.message, code=event.code)
+            self._close(CLOSE_AGAIN if event.code in ("server_full", "shutting_down") else CLOSE_ERROR,
+                        event.message)
+
+    def eof(self) -> None:
+        if self.state is not State.FINISHING:
+            self._close()
+
+    def stop(self, code: str = "shutting_down", message: str = "server is shutting down") -> None:
+        self._fail(code, message, CLOSE_AGAIN)
+
+    def deadline(self) -> float | None:
+        return None if self._fatal else timeouts.deadline(self.config, self.state, self._last)
+
+    def timeout(self, now: float) -> None:
+        code, message = timeouts.expired(self.config, self.state)
+        self._fail(code, f"NET-0001: {message}", CLOSE_ERROR)
+
+    def outputs(self) -> list[Output]:
+        out, self._out = self._out, []
+        return out
+
+    # --- client messages ---------------------------------------------------------------------
+    def _handle(self, msg: ClientMessage) -> None:
+        if isinstance(msg, Media):
+            self._digest.update(msg.data)
+            out, over = self._intake.push(self._bytes.decode(msg.data))
+            if over:
+                self._command(Audio(np.concatenate([out, self._intake.drain()]), final=True))
+                limit = self.config.max_stream_seconds
+                self._fail("stream_too_long", f"stream exceeded {limit:g} s of audio; finalized", CLOSE_POLICY)
+            elif out.size:
+                self._command(Audio(out))
+        elif isinstance(msg, Finalize):
+            self._transcript.finalize_requested()
+            tail = self._intake.drain()
+            if tail.size:
+                self._command(Audio(tail))
+            self._command(Flush())
+        elif isinstance(msg, CloseStream):
+            self._finish()
+        elif isinstance(msg, Configure):
+            self._send(configure_failure(self.request_id, "Configure is not supported by this server; "
+                                         "reconnect with new query parameters"), error="bad_config")
+
+    def _finish(self) -> None:
+        if self.state in (State.WAITING, State.STREAMING):
+            tail = self._intake.drain()
+            self._command(Audio(tail, final=True) if tail.size else Finish())
+
+    def _fail(self, code: str, message: str, close_code: int) -> None:
+        """A fatal error: report it once, take no more input, decode what came, then Metadata and close."""
+        if self._fatal or self.state is State.CLOSED:
+            return
+        self._fatal, self.outcome = True, code
+        self._close_code, self._close_reason = close_code, message[:120]
+        self._error(code, message, code=code)
+        if self.state is State.WAITING:
+            self._close(close_code, self._close_reason)
+        else:
+            self._finish()
+
+    # --- outputs -----------------------------------------------------------------------------
+    def _command(self, cmd: Audio | Flush | Finish) -> None:
+        self._out.append(cmd)
+        if isinstance(cmd, Finish) or (isinstance(cmd, Audio) and cmd.final):
+            self.state = State.FINISHING
+        elif self.state is State.WAITING:
+            self.state = State.STREAMING
+
+    def _error(self, variant: str, description: str, code: str) -> None:
+        self._send({"type": "Error", "variant": variant, "description": description}, error=code)
+
+    def _send(self, msg: dict[str, Any], error: str | None = None) -> None:
+        self._out.append(Send(json.dumps(msg, separators=(",", ":"), ensure_ascii=False), error))
+
+    def _close(self, code: int = 1000, reason: str = "") -> None:
+        if self.state is not State.CLOSED:
+            self.state = State.CLOSED
+            self._out.append(Close(code, reason))
