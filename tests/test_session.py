@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import json
 
 import numpy as np
@@ -284,3 +285,69 @@ async def test_stop_for_shutdown(engine):
     await asyncio.wait_for(task, 5)
     msgs = pipe.drain()
     assert msgs[0]["code"] == "shutting_down" and msgs[-1]["is_final"] and msgs[-1]["text"] == "30"
+
+
+# --- the protocol object alone (sans-I/O: no loop, no engine) --------------------------------
+
+
+def native(path: str = "/", **overrides) -> NativeStream:
+    stream = NativeStream(Request(path), ServerConfig(**overrides), ModelInfo("fake", 16000, 160))
+    stream.open(3, 100.0)
+    return stream
+
+
+def test_native_states_and_deadlines() -> None:
+    stream = native(idle_timeout=30, handshake_timeout=5)
+    (hello,) = stream.outputs()
+    assert json.loads(hello.data)["stream_id"] == 3 and stream.state is State.WAITING
+    assert stream.deadline() == 105.0  # the handshake timeout comes first
+    stream.receive(json.dumps({"type": "ping"}), 104.0)  # a message, but no audio
+    assert stream.deadline() == 105.0 and stream.state is State.WAITING
+    stream.receive(json.dumps({"type": "audio", "data": pcm(160)}), 104.5)
+    assert stream.state is State.STREAMING and stream.deadline() == 134.5  # now only the idle timeout
+    stream.receive(json.dumps({"type": "close"}), 106.0)
+    assert stream.state is State.FINISHING and stream.deadline() is None
+    outs = stream.outputs()
+    assert [type(o).__name__ for o in outs] == ["Send", "Audio", "Finish"]
+    stream.eof()  # half-closed after finalizing: the final may still go out
+    assert stream.state is State.FINISHING and stream.outputs() == []
+
+
+def test_native_handshake_timeout_closes_without_a_stream() -> None:
+    stream = native(handshake_timeout=5)
+    stream.outputs()
+    stream.timeout(105.0)
+    err, close = stream.outputs()
+    assert (err.error, json.loads(err.data)["fatal"]) == ("handshake_timeout", True)
+    assert type(close).__name__ == "Close" and stream.state is State.CLOSED
+
+
+def test_native_bad_query_and_refusal() -> None:
+    bad = native("/?sample_rate=12")
+    err, close = bad.outputs()
+    assert err.error == "bad_audio" and json.loads(err.data)["fatal"] and bad.state is State.CLOSED
+    refused = NativeStream(Request(), ServerConfig(), ModelInfo())
+    refused.refuse("unauthorized", "no key")
+    err, close = refused.outputs()
+    assert err.error == "unauthorized" and (close.code, close.reason) == (1008, "unauthorized")
+
+
+async def test_engine_stream_maps_refusals() -> None:
+    from parakeet_streaming.engine.events import EngineStopped, StreamFailed
+    from parakeet_streaming.engine.handle import EngineStream, StreamRefused
+
+    full = FakeEngine(max_num_streams=0)
+    stream = EngineStream(full)
+    stream.send(np.zeros(10, np.float32))  # the first audio asks for the slot
+    event = await asyncio.wait_for(anext(stream), 5)
+    assert isinstance(event, StreamFailed) and event.code == "server_full" and stream.refused
+
+    class Stopped(FakeEngine):
+        def open_stream(self, sink, stream_id=None):
+            future = concurrent.futures.Future()
+            future.set_exception(EngineStopped("gone"))
+            return future
+
+    with pytest.raises(StreamRefused) as info:
+        await EngineStream(Stopped()).wait_open()
+    assert info.value.code == "shutting_down"

@@ -22,15 +22,10 @@ from parakeet_streaming.server import protocol as proto
 from parakeet_streaming.server.context import ServerContext
 from parakeet_streaming.server.routes import protocol_for
 from parakeet_streaming.server.security import bearer_token
-from parakeet_streaming.server.wire import (OVERSIZED, Audio, Close, Endpointing, Finish, Flush, Message,
-                                            ProtocolFactory, Request, Send, State, StreamProtocol)
+from parakeet_streaming.server.wire import (OVERSIZED, Audio, Close, Endpointing, Finish, Flush,  # noqa: F401
+                                            Message, ProtocolFactory, Request, Send, State, StreamProtocol)
 
 log = logging.getLogger("parakeet_streaming.session")
-
-__all__ = ["OVERSIZED", "Link", "Session", "serve_connection", "peer_name"]
-
-Recv = Callable[[], Awaitable["Message | None"]]
-Send_ = Callable[[Any], Awaitable[None]]
 
 
 @dataclass
@@ -40,8 +35,8 @@ class Link:
     gone; `close(code, reason)` closes with a code (None: the transport closes after
     serve_connection returns)."""
 
-    recv: Recv
-    send: Send_
+    recv: Callable[[], Awaitable[Message | None]]
+    send: Callable[[str | bytes], Awaitable[None]]
     close: Callable[[int, str], Awaitable[None]] | None = None
     request: Request = field(default_factory=Request)
     peer: str = "?"
