@@ -78,3 +78,9 @@ def short_speech(speech_dir: Path) -> np.ndarray:
 @pytest.fixture(scope="session")
 def tiny_model(speech: np.ndarray) -> ASRModel:
     return make_tiny_model(speech)
+
+
+@pytest.fixture(params=["ws", "tcp"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """Each streaming transport in turn (server_helpers.open_client / transcribe_over take the name)."""
+    return request.param

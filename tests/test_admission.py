@@ -3,12 +3,10 @@ connections hold no slot, a connection without audio is closed after the handsha
 connections without a slot have their own server-wide cap."""
 from __future__ import annotations
 
-import pytest
 from server_helpers import (TRANSPORTS, engine_factory, finals, open_client, open_stream,  # noqa: F401
                             running_server, settle, tokens_of, transcribe_over, until)
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_connections_without_audio_hold_no_slot(engine_factory, transport, short_speech):
     engine, model = engine_factory(2)
     async with running_server(engine, model, max_pending_connections=8) as app:
@@ -26,7 +24,6 @@ async def test_connections_without_audio_hold_no_slot(engine_factory, transport,
         await settle(app)
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_no_audio_within_the_handshake_timeout_closes(engine_factory, transport, short_speech):
     engine, model = engine_factory(1)
     async with running_server(engine, model, handshake_timeout=0.5, idle_timeout=30) as app:

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from server_helpers import (TcpClient, WsClient, chunks, engine_factory, finals, open_stream,  # noqa: F401
                             DUMMY, start_server_process,
-                            running_server, settle, tokens_of, transcribe_over)
+                            running_server, settle, tokens_of, transcribe_over, until)
 from websockets.asyncio.client import connect
 
 pytest.importorskip("parakeet_streaming.engine.engine")
@@ -45,7 +45,7 @@ async def test_drain_lets_open_streams_finish_then_finalizes_the_rest(engine_fac
 
         started = time.monotonic()
         drain = asyncio.create_task(app.drain(3.0))
-        await asyncio.sleep(0.1)
+        await until(lambda: app.ctx.draining)
         assert await http_status(app.ports["http"], "/readyz") == 503
         assert await http_status(app.ports["http"], "/healthz") == 200
         assert await refused(("127.0.0.1", app.ports["ws"])) and await refused(("127.0.0.1", app.ports["tcp"]))

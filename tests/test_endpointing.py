@@ -219,7 +219,6 @@ def test_endpointing_off_means_one_utterance(no_eou_model, paused) -> None:
     assert [u["ended"] for u in result["utterances"]] == [False]
 
 
-@pytest.mark.parametrize("transport", ["ws", "tcp"])
 async def test_silence_eou_over_sockets(no_eou_model, paused, sentences, transport) -> None:
     engine = started(no_eou_model, 2, EndpointConfig(SILENCE_MS, "vad"))
     try:

@@ -5,9 +5,7 @@ import numpy as np
 import pytest
 from test_engine import drain_until_final
 from server_helpers import (WsClient, chunks, engine_factory, finals, open_stream, running_server,  # noqa: F401
-                            settle, tokens_of, transcribe_over)
-
-TRANSPORTS = ["ws", "tcp"]
+                            settle, tokens_of, transcribe_over, wait_until)
 
 
 @pytest.fixture
@@ -48,7 +46,6 @@ def starts_of(msgs: list[dict]) -> list[int]:
     return [t for m in msgs if m["type"] == "result" for t in m["token_start_ms"]]
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_flush_decodes_everything_then_continues_as_a_new_stream(app, transport, speech, short_speech):
     head, tail = speech[: len(speech) // 2], short_speech
     alone_head = await transcribe_ts(app, transport, head)
@@ -75,7 +72,6 @@ async def test_flush_decodes_everything_then_continues_as_a_new_stream(app, tran
     assert not [m for m in msgs if m["type"] == "error"]
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_flush_ends_the_utterance(app, transport, speech):
     client, _ = await open_stream(app, transport)
     for part in chunks(speech[:32000]):
@@ -97,7 +93,6 @@ async def test_flush_ends_the_utterance(app, transport, speech):
         assert not flush_eous
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_flush_without_audio_and_twice_in_a_row(app, transport, short_speech):
     alone = await transcribe_over(app, transport, short_speech)
     client, _ = await open_stream(app, transport)
@@ -121,7 +116,6 @@ def words_of(msgs: list[dict]) -> list[dict]:
     return [w for m in msgs if m["type"] in ("result", "eou") for w in m.get("words", [])]
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_timestamps_align_with_tokens_and_text(app, transport, speech):
     plain = await transcribe_over(app, transport, speech)
     client = await open_with_timestamps(app, transport)
@@ -191,16 +185,11 @@ def test_engine_flush_then_finalize_and_stats(engine_factory, short_speech):
 
 
 def test_engine_abort_during_a_flush_frees_the_slot(engine_factory, speech):
-    import time
-
     engine, _ = engine_factory(1)
     sid = engine.open_stream(lambda e: None).result(5)
     engine.send_audio(sid, speech)
     engine.flush(sid)
     engine.send_audio(sid, speech[:4000])
     engine.abort(sid)
-    deadline = time.monotonic() + 10
-    while engine.num_free != 1:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(lambda: engine.num_free == 1)
     assert engine.open_stream(lambda e: None).result(5)  # the slot is usable again

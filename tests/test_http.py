@@ -7,7 +7,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from server_helpers import (TIMEOUT, engine_factory, finals, hold_slots, open_client, open_stream,  # noqa: F401
-                            running_server, settle, transcribe_over)
+                            running_server, settle, transcribe_over, until)
 
 
 async def get(app, path: str, **kw) -> tuple[int, str]:
@@ -29,11 +29,7 @@ async def metrics(app) -> dict[tuple[str, tuple], float]:
 
 
 async def wait_ready(app) -> None:
-    for _ in range(int(TIMEOUT / 0.05)):
-        if (await get(app, "/readyz"))[0] == 200:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("never ready")
+    await until(lambda: app.ctx.readiness()[0], TIMEOUT, "ready")
 
 
 async def test_healthz_and_readyz(engine_factory):

@@ -11,9 +11,8 @@ import json
 
 import numpy as np
 import pytest
-from server_helpers import (TRANSPORTS, WsClient, chunks, engine_factory, finals, hold_slots,  # noqa: F401
-                            open_client, open_stream, pcm16_b64, running_server, settle, status, tokens_of,
-                            transcribe_over)
+from server_helpers import (WsClient, chunks, engine_factory, finals, hold_slots, open_client,  # noqa: F401
+                            open_stream, pcm16_b64, running_server, settle, status, tokens_of, transcribe_over)
 
 
 def _f32(values) -> str:
@@ -49,7 +48,6 @@ async def app(engine_factory):
         yield app
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_hello_first_results_final_last_then_close(app, transport, speech):
     client, hello = await open_stream(app, transport)
     assert hello["sample_rate"] == 16000 and isinstance(hello["stream_id"], int)
@@ -67,7 +65,6 @@ async def test_hello_first_results_final_last_then_close(app, transport, speech)
         assert {"audio_ms", "utterance", "text"} <= r.keys()
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_bad_inputs_are_non_fatal_and_lose_nothing(app, transport, short_speech):
     clean = await transcribe_over(app, transport, short_speech)
     extra = [text for text, _ in BAD_INPUTS] + [{"type": "ping"}]
@@ -81,7 +78,6 @@ async def test_bad_inputs_are_non_fatal_and_lose_nothing(app, transport, short_s
     assert dirty[-1]["is_final"]
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_ping_pong(app, transport):
     client, _ = await open_stream(app, transport)
     await client.send({"type": "ping"})
@@ -91,7 +87,6 @@ async def test_ping_pong(app, transport):
     assert len(finals(msgs)) == 1
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_audio_after_final(app, transport, short_speech):
     client, _ = await open_stream(app, transport)
     await client.send_audio(short_speech, final=True)
@@ -103,7 +98,6 @@ async def test_audio_after_final(app, transport, short_speech):
     assert all(e["code"] == "audio_after_final" and not e["fatal"] for e in errors)
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_message_over_size_cap_is_fatal_but_keeps_transcript(engine_factory, transport, short_speech):
     engine, model = engine_factory(2)
     async with running_server(engine, model, max_message_bytes=64 * 1024) as app:
@@ -130,7 +124,6 @@ async def test_tcp_endless_line_without_newline(engine_factory):
         await settle(app)
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_stream_too_long_is_finalized_with_transcript(engine_factory, transport, speech):
     engine, model = engine_factory(2)
     async with running_server(engine, model, max_stream_seconds=1.0) as app:
@@ -143,7 +136,6 @@ async def test_stream_too_long_is_finalized_with_transcript(engine_factory, tran
         assert finals(msgs)[0]["text"] == finals(clean)[0]["text"]
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_server_full_leaves_others_alone(engine_factory, transport, short_speech):
     engine, model = engine_factory(2)
     async with running_server(engine, model) as app:
@@ -165,7 +157,6 @@ async def test_server_full_leaves_others_alone(engine_factory, transport, short_
         await settle(app)
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_idle_client_times_out(engine_factory, transport, short_speech):
     engine, model = engine_factory(2)
     async with running_server(engine, model, idle_timeout=0.5) as app:
@@ -178,7 +169,6 @@ async def test_idle_client_times_out(engine_factory, transport, short_speech):
         await settle(app)
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("when", ["before_hello", "after_hello", "mid_audio", "after_final"])
 async def test_abrupt_disconnect(app, transport, when, short_speech):
     client = await open_client(app, transport)
@@ -195,7 +185,6 @@ async def test_abrupt_disconnect(app, transport, when, short_speech):
     await settle(app)
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_clean_close_without_final_frees_slot(app, transport, short_speech):
     client, _ = await open_stream(app, transport)
     await client.send_audio(short_speech[:4000])

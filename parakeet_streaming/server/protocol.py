@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from parakeet_streaming.audio import ENCODINGS
 from parakeet_streaming.engine.events import Result, UtteranceEnd
-from parakeet_streaming.engine.handle import SERVER_FULL, SHUTTING_DOWN
+from parakeet_streaming.engine.handle import SERVER_FULL, SHUTTING_DOWN  # noqa: F401 - error codes too
 from parakeet_streaming.engine.words import Word
 
 PROTOCOL_VERSION = 2  # 1 = the seed's messages; 2 = the Part B extensions
