@@ -65,3 +65,30 @@ async def test_connections_without_a_slot_have_their_own_cap(engine_factory, sho
         for c in (client, later, waiting[1][0]):
             await c.close()
         await settle(app)
+
+
+async def test_a_protocol_can_refuse_the_upgrade_with_an_http_status(engine_factory, monkeypatch):
+    import pytest
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    from parakeet_streaming.server import routes
+
+    def check(request, ctx):
+        if "bad=1" in request.path:
+            return routes.UpgradeRefusal(400, b'{"err_code":"Bad Request"}', "bad_request",
+                                         (("Content-Type", "application/json"), ("dg-error", "bad")))
+        return None
+
+    monkeypatch.setitem(routes.UPGRADE_CHECKS, "/v1/test", check)
+    engine, model = engine_factory(1)
+    async with running_server(engine, model) as app:
+        with pytest.raises(InvalidStatus) as info:
+            await connect(f"ws://127.0.0.1:{app.ports['ws']}/v1/test?bad=1")
+        response = info.value.response
+        assert response.status_code == 400 and response.headers["dg-error"] == "bad"
+        assert response.body == b'{"err_code":"Bad Request"}'
+        assert app.ctx.metrics.registry.get_sample_value("parakeet_errors_total", {"code": "bad_request"}) == 1
+        client, hello = await open_stream(app, "ws")  # other requests upgrade as before
+        await client.close()
+        await settle(app)

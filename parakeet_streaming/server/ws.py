@@ -12,8 +12,11 @@ import ssl
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request as HttpRequest
+from websockets.http11 import Response
 
 from parakeet_streaming.server.context import ServerContext
+from parakeet_streaming.server.routes import upgrade_refusal
 from parakeet_streaming.server.session import Link, peer_name, serve_connection
 from parakeet_streaming.server.wire import Request
 
@@ -31,8 +34,19 @@ async def serve_ws(ctx: ServerContext, host: str, port: int, ssl_context: ssl.SS
         except Exception:  # noqa: BLE001 - one connection must never take the server down
             log.exception("websocket connection failed")
 
+    def process_request(conn: ServerConnection, request: HttpRequest) -> Response | None:
+        refusal = upgrade_refusal(Request(request.path, request.headers, "ws"), ctx)
+        if refusal is None:
+            return None
+        ctx.metrics.refused(refusal.code)
+        response = conn.respond(refusal.status, refusal.body.decode("utf-8", "replace"))
+        for name, value in refusal.headers:
+            response.headers[name] = value
+        return response
+
     cap = ctx.config.max_message_bytes
-    return await serve(handler, host, port, max_size=cap * _HARD_CAP_FACTOR, compression=None, ssl=ssl_context)
+    return await serve(handler, host, port, max_size=cap * _HARD_CAP_FACTOR, compression=None, ssl=ssl_context,
+                       process_request=process_request)
 
 
 def _link(conn: ServerConnection) -> Link:
