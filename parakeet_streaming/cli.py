@@ -1,17 +1,35 @@
-"""`parakeet-server serve | transcribe`."""
+"""`parakeet-server serve | transcribe | download | models`.
+
+`serve` settings come from, in this order of precedence: the command line, environment variables
+(`PARAKEET_<FLAG>`, e.g. PARAKEET_WS_PORT=9000), a YAML file (`--config server.yaml`, keys are the
+flag names, e.g. `ws-port: 9000`), and the defaults of `ServerConfig`.
+"""
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from dataclasses import fields, replace
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
-from parakeet_streaming.config import ServerConfig
+from parakeet_streaming import __version__
+from parakeet_streaming.config import DTYPE_NAMES, ServerConfig
 
 EXIT_USAGE = 2
+ENV_PREFIX = "PARAKEET_"
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+log = logging.getLogger("parakeet_streaming.cli")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (exit 2), not the whole usage text."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _context_size(text: str) -> tuple[int, int]:
@@ -25,17 +43,21 @@ def _context_size(text: str) -> tuple[int, int]:
 def _add_model_flags(p: argparse.ArgumentParser, d: ServerConfig) -> None:
     p.add_argument("--model-size", choices=["small", "large"], default=d.model_size,
                    help="which released model to use (default: %(default)s)")
-    p.add_argument("--model", default=d.model, help="path to a .nemo file or folder, or a model name; "
-                   "overrides --model-size")
+    p.add_argument("--model", default=d.model, metavar="PATH_OR_NAME",
+                   help="a .nemo file, an unpacked checkpoint folder, or a model name (small, large, "
+                   "seed:small, seed:large); overrides --model-size (default: none)")
     p.add_argument("--load-format", choices=["auto", "dummy"], default=d.load_format,
-                   help="dummy: the real architecture with random weights, no download")
-    p.add_argument("--revision", default=d.revision, help="Hugging Face revision of a named model")
+                   help="dummy: the real architecture with random weights, no download (default: %(default)s)")
+    p.add_argument("--revision", default=d.revision,
+                   help="Hugging Face revision of a named model (default: the one pinned per model, "
+                   "see `parakeet-server models`)")
     p.add_argument("--att-context-size", type=_context_size, default=d.att_context_size, metavar="LEFT,RIGHT",
-                   help="attention context (lookahead) to stream with, one the checkpoint was trained with")
-    p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1, ... (default: %(default)s)")
-    p.add_argument("--dtype", default=d.dtype,
-                   help="float32 (exact) | bfloat16 | float16: lower precision for the encoder, "
-                        "see docs/performance.md (default: %(default)s)")
+                   help="attention context (lookahead) to stream with, one the checkpoint was trained with "
+                   "(default: the checkpoint's first)")
+    p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1, mps (default: %(default)s)")
+    p.add_argument("--dtype", default=d.dtype, choices=list(DTYPE_NAMES), metavar="DTYPE",
+                   help="float32 (exact) | bfloat16 | float16 (or fp32, bf16, fp16): lower precision for "
+                        "the encoder, see docs/performance.md (default: %(default)s)")
 
 
 def _add_endpoint_flags(p: argparse.ArgumentParser, d: ServerConfig) -> None:
@@ -50,11 +72,17 @@ def _add_endpoint_flags(p: argparse.ArgumentParser, d: ServerConfig) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     d = ServerConfig()
-    parser = argparse.ArgumentParser(prog="parakeet-server", description="Streaming speech recognition server")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="parakeet-server", description="Streaming speech recognition server")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    serve = sub.add_parser("serve", help="run the streaming server")
-    serve.add_argument("--host", default=d.host)
+    serve = sub.add_parser(
+        "serve", help="run the streaming server", epilog="Every flag can also be set with an environment "
+        "variable (PARAKEET_<FLAG>, shown with each flag) or in a YAML file given with --config (keys: the "
+        "flag names without --). The command line wins over the environment, which wins over the file.")
+    serve.add_argument("--config", default=os.environ.get(ENV_PREFIX + "CONFIG"), metavar="FILE",
+                       help="YAML file of settings, e.g. `ws-port: 9000` (default: none; env PARAKEET_CONFIG)")
+    serve.add_argument("--host", default=d.host, help="address every listener binds (default: %(default)s)")
     serve.add_argument("--port", type=int, default=d.port, help="raw TCP port (default: %(default)s)")
     serve.add_argument("--ws-port", type=int, default=d.ws_port, help="WebSocket port (default: %(default)s)")
     serve.add_argument("--status-port", type=int, default=d.status_port, help="status port (default: %(default)s)")
@@ -63,8 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(serve, d)
     serve.add_argument("--sample-rate", type=int, default=d.sample_rate,
                        help="the rate clients send unless they declare another (default: %(default)s)")
-    serve.add_argument("--max-num-streams", type=int, default=d.max_num_streams)
-    serve.add_argument("--max-stream-seconds", type=float, default=d.max_stream_seconds)
+    serve.add_argument("--max-num-streams", type=int, default=d.max_num_streams, metavar="N",
+                       help="stream slots, preallocated; more streams get server_full (default: %(default)s)")
+    serve.add_argument("--max-stream-seconds", type=float, default=d.max_stream_seconds, metavar="S",
+                       help="longest stream; then it is finalized with a stream_too_long error "
+                       "(default: %(default)s)")
     serve.add_argument("--idle-timeout", type=float, default=d.idle_timeout,
                        help="seconds without a client message before the stream is closed (0: never)")
     serve.add_argument("--handshake-timeout", type=float, default=d.handshake_timeout,
@@ -72,8 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "until then; 0: no limit; default: %(default)s)")
     serve.add_argument("--max-pending-connections", type=int, default=d.max_pending_connections, metavar="N",
                        help="connections that have sent no audio yet, server-wide (default: 4 x --max-num-streams)")
-    serve.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)
-    serve.add_argument("--log-level", default=d.log_level, choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes, metavar="N",
+                       help="largest client message; larger ones get message_too_large (default: %(default)s)")
+    serve.add_argument("--log-level", default=d.log_level, choices=LOG_LEVELS,
+                       help="debug also prints the traceback of a startup error (default: %(default)s)")
+    serve.add_argument("--log-format", default="text", choices=["text", "json"],
+                       help="text lines, or one JSON object per line (default: %(default)s)")
     _add_endpoint_flags(serve, d)
     serve.add_argument("--api-key", dest="api_keys", action="append", default=[], metavar="KEY",
                        help="require this API key from clients (repeatable); see docs/operations.md")
@@ -87,12 +122,130 @@ def build_parser() -> argparse.ArgumentParser:
                        help="after SIGTERM, how long open streams may go on before they are finalized "
                        "(default: %(default)s)")
 
+    _document_sources(serve)
+
     tr = sub.add_parser("transcribe", help="transcribe a WAV file offline and print the text")
     tr.add_argument("audio", metavar="AUDIO.wav")
     _add_model_flags(tr, d)
     _add_endpoint_flags(tr, d)
     tr.add_argument("--json", action="store_true", help="print the full result as JSON")
+
+    from parakeet_streaming.model.catalog import NAMED_MODELS
+
+    dl = sub.add_parser("download", help="fetch a released model into the Hugging Face cache, with "
+                        "progress, and print where it is")
+    dl.add_argument("name", choices=list(NAMED_MODELS), help="which model")
+    dl.add_argument("--revision", default=None,
+                    help="Hugging Face revision (default: the one pinned per model, see `parakeet-server models`)")
+    sub.add_parser("models", help="the named models: their pinned revisions and what is cached (sizes, revisions)")
     return parser
+
+
+def _document_sources(serve: argparse.ArgumentParser) -> None:
+    """Every serve flag's help names its default and its environment variable."""
+    for action in _settable(serve):
+        text = action.help or ""
+        if "default" not in text:
+            text += " (default: none)" if action.default in (None, []) else " (default: %(default)s)"
+        action.help = f"{text} [env {env_name(action)}]"
+
+
+def _settable(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions if a.option_strings and a.dest not in ("help", "config")]
+
+
+def env_name(action: argparse.Action) -> str:
+    """--ws-port -> PARAKEET_WS_PORT (--api-key -> PARAKEET_API_KEY: comma-separated keys)."""
+    return ENV_PREFIX + action.option_strings[-1].lstrip("-").upper().replace("-", "_")
+
+
+def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> argparse.Namespace:
+    """The command line, with serve's settings layered: command line > environment > --config file."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    environ = os.environ if environ is None else environ
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command != "serve":
+        return args
+    serve = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["serve"]
+    layered = _from_file(serve, args.config or environ.get(ENV_PREFIX + "CONFIG"))
+    for action in _settable(serve):
+        if (name := env_name(action)) in environ:
+            layered[action.dest] = _convert(serve, action, environ[name], f"{name}={environ[name]!r}")
+    repeated = {dest: layered.pop(dest) for dest in list(layered) if dest in _appended(serve)}
+    serve.set_defaults(**layered)
+    args = parser.parse_args(argv)
+    for dest, values in repeated.items():  # a repeatable flag on the command line replaces, not extends
+        if not getattr(args, dest):
+            setattr(args, dest, values)
+    return args
+
+
+def _appended(parser: argparse.ArgumentParser) -> set[str]:
+    return {a.dest for a in _settable(parser) if isinstance(a, argparse._AppendAction)}
+
+
+def _from_file(serve: argparse.ArgumentParser, path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).expanduser().read_text())
+    except OSError as exc:
+        serve.error(f"--config {path}: {exc.strerror}")
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        serve.error(f"--config {path}: not valid YAML{f' (line {where.line + 1})' if where else ''}")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        serve.error(f"--config {path}: expected settings as `flag-name: value` lines, e.g. `ws-port: 9000`")
+    by_key = {}
+    for action in _settable(serve):
+        by_key[action.option_strings[-1].lstrip("-")] = action
+        by_key[action.dest.replace("_", "-")] = action
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        action = by_key.get(str(key).replace("_", "-"))
+        if action is None:
+            serve.error(f"--config {path}: {key!r} is not a serve setting (the keys are the flag names "
+                        "without --, e.g. ws-port)")
+        out[action.dest] = _convert(serve, action, value, f"--config {path}: {key}: {value!r}")
+    return out
+
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _convert(parser: argparse.ArgumentParser, action: argparse.Action, value: Any, where: str) -> Any:
+    """A setting from the environment (text) or a YAML file (any scalar or list), checked as the
+    command line checks it."""
+    if isinstance(action, argparse._AppendAction):
+        items = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else [value]
+        return [_convert_one(parser, action, str(v).strip(), where) for v in items if str(v).strip()]
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        text = str(value).strip().lower()
+        if text not in _TRUE | _FALSE:
+            parser.error(f"{where}: expected true or false")
+        return text in _TRUE
+    if value is None:
+        return None
+    if isinstance(value, list):
+        value = ",".join(str(v) for v in value)
+    return _convert_one(parser, action, str(value), where)
+
+
+def _convert_one(parser: argparse.ArgumentParser, action: argparse.Action, text: str, where: str) -> Any:
+    try:
+        value = action.type(text) if action.type else text
+    except argparse.ArgumentTypeError as exc:
+        parser.error(f"{where}: {exc}")
+    except (TypeError, ValueError):
+        parser.error(f"{where}: expected {'an integer' if action.type is int else 'a number'}")
+    if action.choices is not None and value not in action.choices:
+        parser.error(f"{where}: choose from {', '.join(map(str, action.choices))}")
+    return value
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -101,9 +254,30 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from parakeet_streaming import preflight
+
+    config = config_from_args(args)
+    preflight.check_serve(config)
+    source = config.model or config.model_size
+    log.info("parakeet-server %s: starting with model %s%s on %s (%s)", __version__, source,
+             " (dummy weights)" if config.load_format == "dummy" else "", config.device, config.dtype)
     from parakeet_streaming.server.app import run
 
-    return run(config_from_args(args))
+    return run(config)
+
+
+def _download(args: argparse.Namespace) -> int:
+    from parakeet_streaming.model.loader import download
+
+    print(download(args.name, args.revision))
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from parakeet_streaming.model.loader import cached_models
+
+    print(cached_models())
+    return 0
 
 
 def _transcribe(args: argparse.Namespace) -> int:
@@ -132,11 +306,66 @@ def _transcribe(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "serve":
-        return _serve(args)
-    return _transcribe(args)
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args = parse_args(argv, environ)
+    level = getattr(args, "log_level", "info")
+    if args.command != "transcribe":
+        setup_logging(level, getattr(args, "log_format", "text"))
+    try:
+        if args.command == "transcribe":
+            from parakeet_streaming import preflight
+
+            preflight.check_model_flags(config_from_args(args))
+            preflight.check_device(args.device)
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
+            raise
+        if level == "debug":
+            log.exception("startup failed")
+        one_line = "; ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+        print(f"parakeet-server: {one_line}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+COMMANDS = {"serve": _serve, "transcribe": _transcribe, "download": _download, "models": _models}
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message says what to do (bad flags, models, configs): printed in one line.
+    Only modules already imported can have raised theirs, so nothing is imported here."""
+    from parakeet_streaming.config import ConfigError
+    from parakeet_streaming.preflight import PreflightError
+
+    found: list[type[BaseException]] = [PreflightError, ConfigError]
+    for module, name in (("parakeet_streaming.model.loader", "ModelLoadError"),
+                         ("parakeet_streaming.server.security", "StartupError")):
+        if module in sys.modules:
+            found.append(getattr(sys.modules[module], name))
+    return tuple(found)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and any `extra` fields (stream_id, ...)."""
+
+    _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"time": self.formatTime(record), "level": record.levelname.lower(), "logger": record.name,
+               "message": record.getMessage()}
+        out.update({k: v for k, v in vars(record).items() if k not in self._STANDARD})
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str, ensure_ascii=False)
+
+
+def setup_logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if fmt == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,10 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+# --dtype: the encoder's precision (model/loader.set_precision), with short aliases.
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+               "float16": "float16", "fp16": "float16"}
+
 
 @dataclass
 class ServerConfig:

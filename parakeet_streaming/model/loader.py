@@ -15,17 +15,17 @@ from __future__ import annotations
 import io
 import logging
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from parakeet_streaming.config import ConfigError, ModelConfig
+from parakeet_streaming.config import DTYPE_NAMES, ConfigError, ModelConfig
 from parakeet_streaming.model.asr import ASRModel
 from parakeet_streaming.model.dummy import design_decoding, pseudo_speech  # noqa: F401 (pseudo_speech: for bench/)
-from parakeet_streaming.model.tokenizer import EOB_PIECE, EOU_PIECE, Tokenizer
+from parakeet_streaming.model.catalog import NAMED_MODELS, NamedModel, builtin_config as _builtin_config  # noqa: F401
+from parakeet_streaming.model.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -34,77 +34,21 @@ class ModelLoadError(RuntimeError):
     """The model could not be loaded; the message says why and what to do."""
 
 
-@dataclass(frozen=True)
-class NamedModel:
-    repo: str
-    filename: str
-    revision: str
-    seed_repo: str
-    config: dict[str, Any]
-    special_pieces: tuple[str, ...]
-
-
-def _builtin_config(n_layers: int, d_model: int, att: Any, vocab: int, pred_layers: int) -> dict[str, Any]:
-    """The released model_config.yaml sections that matter (models.md section 6)."""
-    return {
-        "preprocessor": {
-            "_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
-            "sample_rate": 16000, "normalize": "NA", "window_size": 0.025, "window_stride": 0.01,
-            "window": "hann", "features": 128, "n_fft": 512, "log": True, "frame_splicing": 1,
-            "dither": 1e-5, "pad_to": 0, "pad_value": 0.0,
-        },
-        "encoder": {
-            "_target_": "nemo.collections.asr.modules.ConformerEncoder",
-            "feat_in": 128, "feat_out": -1, "n_layers": n_layers, "d_model": d_model,
-            "subsampling": "dw_striding", "subsampling_factor": 8, "subsampling_conv_channels": 256,
-            "causal_downsampling": True, "ff_expansion_factor": 4, "self_attention_model": "rel_pos",
-            "n_heads": 8, "att_context_size": att, "att_context_style": "chunked_limited",
-            "xscaling": False, "untie_biases": True, "pos_emb_max_len": 5000, "use_bias": False,
-            "conv_kernel_size": 9, "conv_norm_type": "layer_norm", "conv_context_size": "causal",
-            "dropout": 0.1, "dropout_pre_encoder": 0.1, "dropout_emb": 0.0, "dropout_att": 0.1,
-        },
-        "decoder": {
-            "_target_": "nemo.collections.asr.modules.RNNTDecoder", "vocab_size": vocab,
-            "blank_as_pad": True, "normalization_mode": None,
-            "prednet": {"pred_hidden": 640, "pred_rnn_layers": pred_layers, "t_max": None, "dropout": 0.2},
-        },
-        "joint": {
-            "_target_": "nemo.collections.asr.modules.RNNTJoint", "num_classes": vocab, "log_softmax": None,
-            "jointnet": {"joint_hidden": 640, "activation": "relu", "dropout": 0.2},
-        },
-        "decoding": {"strategy": "greedy_batch", "greedy": {"max_symbols": 10}},
-    }
-
-
-NAMED_MODELS: dict[str, NamedModel] = {
-    "small": NamedModel(
-        repo="nvidia/parakeet_realtime_eou_120m-v1", filename="parakeet_realtime_eou_120m-v1.nemo",
-        revision="main", seed_repo="odunola/parakeet-EOU",
-        config=_builtin_config(17, 512, [70, 1], 1026, 1), special_pieces=(EOU_PIECE, EOB_PIECE),
-    ),
-    "large": NamedModel(
-        repo="nvidia/nemotron-speech-streaming-en-0.6b", filename="nemotron-speech-streaming-en-0.6b.nemo",
-        # The Jan-2026 release; `main` moved to a new checkpoint on 2026-03-12 (same architecture).
-        revision="nemotron-speech-streaming-jan2026", seed_repo="odunola/Nemo-Speech-Large",
-        config=_builtin_config(24, 1024, [[70, 13], [70, 6], [70, 1], [70, 0]], 1024, 2), special_pieces=(),
-    ),
-}
-
-
 def load_model(source: str, *, load_format: str = "auto", device: str = "cpu", dtype: str = "float32",
                att_context_size: tuple[int, int] | None = None, revision: str | None = None) -> ASRModel:
     if load_format == "dummy":
+        log.info("building %s with dummy weights (the real architecture, random weights, no download)", source)
         model = build_dummy(source)
     elif load_format == "auto":
         model = _load_real(source, revision)
     else:
         raise ModelLoadError(f"unknown load format {load_format!r} (use 'auto' or 'dummy')")
     model.set_att_context_size(att_context_size)
+    log.info("model %s: %.0fM parameters, on %s in %s", model.name, model.num_parameters() / 1e6, device, dtype)
     return set_precision(model.to(device=device), dtype).eval()
 
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {name: getattr(torch, canonical) for name, canonical in DTYPE_NAMES.items()}
 
 
 def set_precision(model: ASRModel, dtype: str) -> ASRModel:
@@ -133,44 +77,89 @@ def build_dummy(name: str, seed: int = 0) -> ASRModel:
 
 def _named(name: str) -> NamedModel:
     if name not in NAMED_MODELS:
-        raise ModelLoadError(f"unknown model {name!r}: use one of {sorted(NAMED_MODELS)} or a path to a .nemo file")
+        raise ModelLoadError(f"unknown model {name!r} (use one of {', '.join(NAMED_MODELS)} or a path to a .nemo file)")
     return NAMED_MODELS[name]
 
 
 def _load_real(source: str, revision: str | None) -> ASRModel:
     path = Path(source).expanduser()
     if path.is_file():
+        log.info("reading the checkpoint %s (%.0f MB)", path, path.stat().st_size / 1e6)
         return load_nemo_archive(path)
     if path.is_dir():
+        log.info("reading the checkpoint folder %s", path)
         return load_folder(path)
     if source.startswith("seed:"):
         return _load_seed_download(source.removeprefix("seed:"), revision)
     if source in NAMED_MODELS:
-        named = NAMED_MODELS[source]
-        file = _hub_download(named.repo, named.filename, revision or named.revision)
+        file = download(source, revision)
+        log.info("reading the checkpoint %s (%.0f MB)", file, file.stat().st_size / 1e6)
         return load_nemo_archive(file, name=source)
     raise ModelLoadError(
-        f"model {source!r} is neither a file, a folder, nor a known name ({', '.join(sorted(NAMED_MODELS))})"
+        f"model {source!r} is neither a file, a folder, nor a known name (pass a .nemo file, an unpacked "
+        f"checkpoint folder, or one of {', '.join(NAMED_MODELS)})"
     )
 
 
+def download(name: str, revision: str | None = None) -> Path:
+    """A named model's .nemo file in the Hugging Face cache, downloaded (with progress bars) if needed."""
+    named = _named(name)
+    return _hub_download(named.repo, named.filename, revision or named.revision)
+
+
 def _hub_download(repo: str, filename: str, revision: str) -> Path:
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    _one_handler_for_hub_logs()
+    log.info("%s/%s (revision %s): from the Hugging Face cache %s, downloaded into it first if needed "
+             "(HF_HUB_OFFLINE=1: never download)", repo, filename, revision, constants.HF_HUB_CACHE)
     try:
         return Path(hf_hub_download(repo_id=repo, filename=filename, revision=revision))
     except LocalEntryNotFoundError as exc:
         raise ModelLoadError(
-            f"cannot download {repo}/{filename} (revision {revision}) and no copy is cached. "
-            "Connect to the internet once so it can be cached, or pass a local checkpoint with "
-            "--model /path/to/model.nemo (a .nemo file or an unpacked folder)."
+            f"cannot download {repo}/{filename} (revision {revision}) and no copy is cached "
+            "(connect to the internet once, or run `parakeet-server download` where there is a connection "
+            "and copy the Hugging Face cache here, or pass a local checkpoint with --model /path/to/model.nemo)"
         ) from exc
     except Exception as exc:  # network, auth, missing file: one clear message
         raise ModelLoadError(
-            f"downloading {repo}/{filename} (revision {revision}) failed: {exc}. "
-            "Pass a local checkpoint with --model /path/to/model.nemo instead."
+            f"downloading {repo}/{filename} (revision {revision}) failed: {exc} "
+            "(check the network, --revision and HF_TOKEN, or pass a local checkpoint with --model /path/to/model.nemo)"
         ) from exc
+
+
+def cached_models() -> str:
+    """The named models, their default revisions and their copies in the Hugging Face cache, as text."""
+    from huggingface_hub import constants, scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    try:
+        repos = {repo.repo_id: repo for repo in scan_cache_dir().repos}
+    except CacheNotFound:
+        repos = {}
+    lines = []
+    for name, named in NAMED_MODELS.items():
+        lines.append(f"{name}: {named.repo} {named.filename}, default revision {named.revision}")
+        revisions = repos[named.repo].revisions if named.repo in repos else ()
+        copies = [(rev, f) for rev in revisions for f in rev.files if f.file_name == named.filename]
+        for rev, file in sorted(copies, key=lambda c: c[0].last_modified):
+            refs = ", ".join(sorted(rev.refs)) or "no branch or tag"
+            lines.append(f"  cached: commit {rev.commit_hash} ({refs}), {file.size_on_disk / 1e6:.0f} MB, "
+                         f"{file.file_path}")
+        if not copies:
+            lines.append(f"  not cached (fetch it with: parakeet-server download {name})")
+    lines.append(f"Hugging Face cache: {constants.HF_HUB_CACHE}")
+    return "\n".join(lines)
+
+
+def _one_handler_for_hub_logs() -> None:
+    """huggingface_hub gives its logger a stderr handler of its own; where the application has
+    configured logging, every hub message (each download retry) would then be printed twice."""
+    hub = logging.getLogger("huggingface_hub")
+    if logging.getLogger().handlers:
+        for handler in [h for h in hub.handlers if type(h) is logging.StreamHandler]:
+            hub.removeHandler(handler)
 
 
 # ---- .nemo archives and folders --------------------------------------------------------------
@@ -182,7 +171,8 @@ def load_nemo_archive(path: Path, name: str | None = None) -> ASRModel:
             read = lambda fname: tar.extractfile(files[fname]).read()  # noqa: E731
             return _assemble(files.keys(), read, name or path.stem, str(path))
     except tarfile.TarError as exc:
-        raise ModelLoadError(f"{path} is not a .nemo archive (a tar file): {exc}") from exc
+        raise ModelLoadError(f"{path} is not a .nemo archive, which is a tar file, plain or compressed (pass "
+                             "a .nemo file or an unpacked checkpoint folder)") from exc
 
 
 def load_folder(path: Path, name: str | None = None) -> ASRModel:
@@ -196,7 +186,8 @@ def _assemble(names: Any, read: Any, name: str, where: str) -> ASRModel:
     names = list(names)
     for required in ("model_config.yaml", "model_weights.ckpt"):
         if required not in names:
-            raise ModelLoadError(f"{where} has no {required}; is it a NeMo checkpoint?")
+            raise ModelLoadError(f"{where} has no {required} (is it a NeMo checkpoint? pass a .nemo file "
+                                 "or its unpacked folder)")
     tok_file = next((n for n in names if n.endswith("tokenizer.model")), None)
     if tok_file is None:
         raise ModelLoadError(f"{where} has no SentencePiece tokenizer (*tokenizer.model)")

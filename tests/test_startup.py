@@ -1,0 +1,101 @@
+"""`parakeet-server serve` as a new user meets it: bad flags fail at once, before any model work,
+in one line with exit 2; model errors too (the traceback only with --log-level debug); a start says
+what it loads before it loads it."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+CLI = [sys.executable, "-m", "parakeet_streaming.cli"]
+PORTS = ["--host", "127.0.0.1", "--port", "0", "--ws-port", "0", "--status-port", "0", "--http-port", "0"]
+
+
+def run_cli(args: list[str], tmp_path: Path, env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess:
+    """The CLI with its dummy-design cache and Hugging Face cache in tmp_path (both start empty)."""
+    full_env = {**os.environ, "PARAKEET_CACHE_DIR": str(tmp_path / "cache"), "HF_HOME": str(tmp_path / "hf"),
+                "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run(CLI + args, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def assert_one_line_error(out: subprocess.CompletedProcess, *needles: str) -> None:
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2, out.stderr
+    assert len(lines) == 1 and lines[0].startswith("parakeet-server"), out.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture
+def busy_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("flags,env,needles", [
+    (["--dtype", "int8"], {}, ["--dtype", "int8", "bfloat16"]),
+    (["--att-context-size", "70,99"], {}, ["--att-context-size 70,99"]),
+    (["--model-size", "large", "--att-context-size", "70,4"], {}, ["70,4", "trained with", "[70, 13]"]),
+    (["--model", "/no/such/model.nemo", "--load-format", "auto"], {}, ["/no/such/model.nemo", "no such file"]),
+    (["--device", "no-such-device"], {}, ["--device no-such-device"]),
+    (["--port", "9123", "--ws-port", "9123"], {}, ["--port and --ws-port", "9123"]),
+    ([], {"PARAKEET_MAX_NUM_STREAMS": "many"}, ["PARAKEET_MAX_NUM_STREAMS", "integer"]),
+])
+def test_bad_flags_fail_before_any_model_work(tmp_path, flags, env, needles) -> None:
+    out = run_cli(["serve", *PORTS, "--load-format", "dummy", *flags], tmp_path, env)
+    assert_one_line_error(out, *needles)
+    assert not (tmp_path / "cache").exists(), "the dummy model was built before the flags were checked"
+
+
+def test_a_busy_port_fails_before_any_model_work(tmp_path, busy_port) -> None:
+    args = ["serve", "--host", "127.0.0.1", "--port", "0", "--ws-port", str(busy_port), "--status-port", "0",
+            "--http-port", "0", "--load-format", "dummy"]
+    out = run_cli(args, tmp_path)
+    assert_one_line_error(out, f"127.0.0.1:{busy_port}", "--ws-port", "in use")
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_on_a_cpu_build_is_one_line(tmp_path) -> None:
+    out = run_cli(["serve", *PORTS, "--load-format", "dummy", "--device", "cuda"], tmp_path)
+    assert_one_line_error(out, "--device cuda", "--device cpu")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_model_errors_are_one_line_and_the_traceback_comes_with_debug(tmp_path) -> None:
+    junk = tmp_path / "model.nemo"
+    junk.write_bytes(b"not a tar archive" * 100)
+    args = ["serve", *PORTS, "--model", str(junk), "--log-level", "warning"]
+    assert_one_line_error(run_cli(args, tmp_path), str(junk), "not a .nemo archive")
+    debug = run_cli(args[:-1] + ["debug"], tmp_path)
+    assert debug.returncode == 2 and "Traceback" in debug.stderr
+    assert debug.stderr.strip().splitlines()[-1].startswith("parakeet-server: ")
+
+
+def test_offline_without_a_cached_model_is_one_line(tmp_path) -> None:
+    out = run_cli(["serve", *PORTS, "--log-level", "warning"], tmp_path)
+    assert_one_line_error(out, "no copy is cached", "--model /path/to/model.nemo")
+
+
+def test_the_start_says_what_it_loads_before_loading(tmp_path) -> None:
+    """The first lines name the model, dummy or real, device and dtype, and where the weights come
+    from; read as they are printed, while the model is still being built."""
+    env = {**os.environ, "PARAKEET_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.Popen(CLI + ["serve", *PORTS, "--load-format", "dummy"], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, env=env)
+    try:
+        first = proc.stderr.readline()
+        second = proc.stderr.readline()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "starting with model small (dummy weights) on cpu (float32)" in first, first
+    assert "building small with dummy weights" in second and "no download" in second, second
