@@ -10,7 +10,7 @@ import pytest
 from integration_helpers import RATE, native_text, pcm16, same_words, two_utterances  # noqa: F401
 from server_helpers import engine_factory, running_server, settle  # noqa: F401
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 TIMEOUT = 30
 
@@ -97,17 +97,33 @@ async def test_mulaw_8k(engine_factory, two_utterances):
         assert abs(msgs[-1]["duration"] - len(at8k) / 8000) < 0.01
 
 
+async def refused(app, query: str, headers: dict | None = None):
+    """The HTTP response that refused the upgrade."""
+    url = f"ws://127.0.0.1:{app.ports['ws']}/v1/listen?{query}"
+    with pytest.raises(InvalidStatus) as info:
+        async with connect(url, additional_headers=headers or {}):
+            pass
+    return info.value.response
+
+
 @pytest.mark.parametrize("query, words", [
     ("encoding=opus&sample_rate=48000", "Unsupported encoding"),
     ("encoding=linear16", "sample_rate is required"),
     ("encoding=linear16&sample_rate=16000&channels=2", "channels=2"),
+    ("interim_results=maybe", "interim_results"),
 ])
-async def test_bad_parameters_get_a_deepgram_error_and_close(engine_factory, query, words):
+async def test_bad_parameters_are_refused_with_http_400(engine_factory, query, words):
+    """As Deepgram: HTTP 400 before the upgrade, the reason in `dg-error` and a JSON body."""
     engine, model = engine_factory(2)
     async with running_server(engine, model) as app:
-        msgs, code = await listen(app, query, [])
-        assert code == 1008 and msgs[0]["type"] == "Error" and words in msgs[0]["description"]
-        assert engine.num_active == 0
+        response = await refused(app, query)
+        assert response.status_code == 400 and words in response.headers["dg-error"]
+        body = json.loads(response.body)
+        assert body["err_code"] == "Bad Request" and words in body["err_msg"] and body["request_id"]
+        assert engine.num_active == 0 and not app.ctx.sessions
+        msgs, code = await listen(app, "encoding=linear16&sample_rate=16000",  # the server is fine
+                                  [pcm16(np.zeros(1600, np.float32)), '{"type":"CloseStream"}'])
+        assert code == 1000 and msgs[-1]["type"] == "Metadata"
 
 
 async def test_bad_messages_are_errors_and_nothing_is_lost(engine_factory, two_utterances):
@@ -131,9 +147,9 @@ async def test_token_auth(engine_factory, two_utterances):
         msgs, code = await listen(app, "encoding=linear16&sample_rate=16000", [*chunked(two_utterances[:8000]),
                                   '{"type":"CloseStream"}'], headers={"Authorization": "Token sekrit"})
         assert code == 1000 and msgs[-1]["type"] == "Metadata"
-        msgs, code = await listen(app, "encoding=linear16&sample_rate=16000", [],
-                                  headers={"Authorization": "Token wrong"})
-        assert code == 1008 and msgs[0]["type"] == "Error"
+        for headers in ({"Authorization": "Token wrong"}, {}):
+            response = await refused(app, "encoding=linear16&sample_rate=16000", headers)
+            assert response.status_code == 401 and json.loads(response.body)["err_code"] == "INVALID_AUTH"
 
 
 # --- deepgram-sdk ----------------------------------------------------------------------------------
@@ -172,3 +188,22 @@ async def test_deepgram_sdk_live(engine_factory, two_utterances):
         assert same_words(" ".join(f for f in finals if f), expected)
         assert isinstance(got[-1], ListenV1Metadata) and got[-1].duration == pytest.approx(len(two_utterances) / RATE,
                                                                                            abs=0.01)
+
+
+@pytest.mark.slow
+async def test_deepgram_sdk_sees_http_errors(engine_factory):
+    deepgram = pytest.importorskip("deepgram", reason="the integrations extra is not installed")
+    from deepgram.core.api_error import ApiError
+
+    engine, model = engine_factory(2)
+    async with running_server(engine, model, api_keys=["sekrit"]) as app:
+        port = app.ports["ws"]
+        env = deepgram.DeepgramClientEnvironment(base=f"http://127.0.0.1:{port}", production=f"ws://127.0.0.1:{port}",
+                                                 agent=f"ws://127.0.0.1:{port}", agent_rest=f"http://127.0.0.1:{port}")
+        for key, kwargs, status in (("sekrit", {"encoding": "opus", "sample_rate": 48000}, 400),
+                                    ("wrong", {"encoding": "linear16", "sample_rate": 16000}, 401)):
+            client = deepgram.AsyncDeepgramClient(api_key=key, environment=env)
+            with pytest.raises(ApiError) as info:
+                async with client.listen.v1.connect(model="nova-3", **kwargs):
+                    pass
+            assert info.value.status_code == status

@@ -33,7 +33,7 @@ from parakeet_streaming.engine.events import Event, Result, StreamFailed, Uttera
 from parakeet_streaming.engine.words import Word
 from parakeet_streaming.server import timeouts
 from parakeet_streaming.server.byte_audio import ByteAudio
-from parakeet_streaming.server.context import ModelInfo
+from parakeet_streaming.server.context import ModelInfo, ServerContext
 from parakeet_streaming.server.intake import AudioIntake
 from parakeet_streaming.server.wire import (OVERSIZED, Audio, Close, Endpointing, Finish, Flush, Message, Output,
                                             Request, Send, State)
@@ -54,14 +54,20 @@ IGNORED = ("callback", "callback_method", "detect_entities", "detect_language", 
 
 class ListenRejected(Exception):
     """The upgrade request is refused with an HTTP error, as Deepgram does (status, dg-error header,
-    JSON body); nothing is opened."""
+    JSON body); nothing is opened. `code`: the server's error code (metrics)."""
 
-    def __init__(self, status: int, err_code: str, err_msg: str) -> None:
+    def __init__(self, status: int, err_code: str, err_msg: str, code: str = "bad_request") -> None:
         super().__init__(err_msg)
-        self.status, self.err_code, self.err_msg = status, err_code, err_msg
+        self.status, self.err_code, self.err_msg, self.code = status, err_code, err_msg, code
+        self.request_id = str(uuid.uuid4())
 
     def body(self, request_id: str) -> dict[str, Any]:
         return {"err_code": self.err_code, "err_msg": self.err_msg, "request_id": request_id}
+
+    def http(self) -> tuple[int, bytes, str, tuple[tuple[str, str], ...]]:
+        """(status, body, code, headers) of the HTTP answer to the upgrade request."""
+        body = json.dumps(self.body(self.request_id)).encode()
+        return self.status, body, self.code, (("dg-error", self.err_msg), ("dg-request-id", self.request_id))
 
 
 def _bad(message: str) -> ListenRejected:
@@ -148,6 +154,19 @@ def _flag(query: Mapping[str, str], name: str) -> bool | None:
     if value.lower() not in ("true", "false", "1", "0"):
         raise _bad(f"{name} must be true or false, got {value!r}.")
     return value.lower() in ("true", "1")
+
+
+def upgrade_check(request: Request, ctx: ServerContext) -> ListenRejected | None:
+    """Deepgram refuses a bad request before the WebSocket upgrade: HTTP 400 for a bad parameter,
+    401 for a missing or wrong key (when the server has keys)."""
+    query = parse_qs(urlsplit(request.path).query)
+    if not ctx.auth.check(api_key(request.headers, query)):
+        return ListenRejected(401, "INVALID_AUTH", "Invalid credentials.", code="unauthorized")
+    try:
+        parse_query(query)
+    except ListenRejected as exc:
+        return exc
+    return None
 
 
 def api_key(headers: Mapping[str, str], query: Mapping[str, Sequence[str]]) -> str | None:

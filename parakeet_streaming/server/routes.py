@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import urlsplit
 
+from parakeet_streaming.server import deepgram
 from parakeet_streaming.server.context import ServerContext
 from parakeet_streaming.server.native import NativeStream
+from parakeet_streaming.server.openai_realtime import RealtimeStream
 from parakeet_streaming.server.wire import ProtocolFactory, Request
 
 
@@ -24,8 +26,14 @@ class UpgradeRefusal:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-PROTOCOLS: dict[str, ProtocolFactory] = {}
-UPGRADE_CHECKS: dict[str, Callable[[Request, ServerContext], UpgradeRefusal | None]] = {}
+def _deepgram_upgrade(request: Request, ctx: ServerContext) -> UpgradeRefusal | None:
+    refused = deepgram.upgrade_check(request, ctx)
+    return None if refused is None else UpgradeRefusal(*refused.http())
+
+
+PROTOCOLS: dict[str, ProtocolFactory] = {deepgram.PATH: deepgram.DeepgramStream, "/v1/realtime": RealtimeStream}
+UPGRADE_CHECKS: dict[str, Callable[[Request, ServerContext], UpgradeRefusal | None]] = {
+    deepgram.PATH: _deepgram_upgrade}
 DEFAULT: ProtocolFactory = NativeStream
 
 
