@@ -24,7 +24,7 @@ from websockets.asyncio.client import connect
 from parakeet_streaming.config import ServerConfig
 from parakeet_streaming.server.http import build_http_app
 from parakeet_streaming.server.security import Authenticator, StartupError
-from parakeet_streaming.server.session import ServerContext
+from parakeet_streaming.server.context import ServerContext
 
 KEY = "s3cret-key"
 OTHER_KEY = "second-key"
