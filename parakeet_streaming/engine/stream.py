@@ -74,17 +74,13 @@ class Stream:
 
     def finish(self) -> bool:
         """No more audio; True the first time (the runner must finish the slot)."""
-        if self.finishing:
-            return False
-        self.finishing = True
-        return True
+        first, self.finishing = not self.finishing, True
+        return first
 
     def begin_flush(self) -> bool:
         """Decode all so far as a segment; True unless finishing (the runner must finish the slot)."""
-        if self.finishing:
-            return False
-        self.flushing = True
-        return True
+        self.flushing = not self.finishing
+        return self.flushing
 
     def defer(self, command: Any) -> bool:
         """While a flush decodes, commands wait for the next segment; True if `command` waits."""
