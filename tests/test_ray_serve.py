@@ -12,10 +12,11 @@ import asyncio
 import base64
 import json
 import os
+import re
 import signal
 import socket
 import time
-from pathlib import Path
+import urllib.request
 from typing import Any
 
 import numpy as np
@@ -51,9 +52,15 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def proxy_port():
+def metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def proxy_port(metrics_port: int):
     port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # Ray's processes inherit os.environ
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,  # Ray's processes inherit os.environ
+             _metrics_export_port=metrics_port)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield port
     serve.shutdown()
@@ -126,21 +133,50 @@ def speech() -> np.ndarray:
     return read_wav(GOLDEN / "speech.wav")
 
 
+async def deepgram_transcript(base: str, speech: np.ndarray) -> tuple[str, Any]:
+    """Deepgram's /v1/listen over a real WebSocket: binary linear16, CloseStream; the final segments'
+    text and the closing Metadata."""
+    async with connect(f"{base}/v1/listen?encoding=linear16&sample_rate=16000", open_timeout=TIMEOUT) as ws:
+        pcm = np.clip(np.round(speech * 32768), -32768, 32767).astype("<i2").tobytes()
+        for i in range(0, len(pcm), CHUNK * 2):
+            await ws.send(pcm[i:i + CHUNK * 2])
+        await ws.send(json.dumps({"type": "CloseStream"}))
+        messages = []
+        try:
+            while True:
+                messages.append(json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)))
+        except ConnectionClosed:
+            pass
+        instance = ws.response.headers.get(INSTANCE_HEADER)
+    assert messages and messages[-1]["type"] == "Metadata", messages[-2:]
+    text = " ".join(m["channel"]["alternatives"][0]["transcript"] for m in messages
+                    if m["type"] == "Results" and m["is_final"]).split()
+    return " ".join(text), instance
+
+
 @pytest.fixture(scope="module")
-def single_server_tokens(speech: np.ndarray, tmp_path_factory) -> list[int]:
-    """The final tokens of one plain `parakeet-server serve` with the same checkpoint and audio."""
+def single_server(speech: np.ndarray, tmp_path_factory) -> dict[str, Any]:
+    """What one plain `parakeet-server serve` with the same checkpoint answers for the same audio:
+    the native stream's tokens and Deepgram's transcript."""
     log = tmp_path_factory.mktemp("single") / "server.log"
     proc, ports = start_server_process(["--model", MODEL, "--max-num-streams", str(SLOTS)], log=log)
     try:
-        async def one() -> list[dict]:
+        async def native() -> list[dict]:
             stream = await Stream.open(f"ws://127.0.0.1:{ports['ws']}/")
             await stream.send(speech, final=True)
             return await stream.collect()
-        tokens = final_tokens(asyncio.run(one()))
+        tokens = final_tokens(asyncio.run(native()))
+        deepgram, _ = asyncio.run(deepgram_transcript(f"ws://127.0.0.1:{ports['ws']}", speech))
     finally:
         stop_server_process(proc)
     assert len(tokens) > 10, "the tiny checkpoint should emit tokens on speech.wav"
-    return tokens
+    assert deepgram
+    return {"tokens": tokens, "deepgram": deepgram}
+
+
+@pytest.fixture(scope="module")
+def single_server_tokens(single_server: dict[str, Any]) -> list[int]:
+    return single_server["tokens"]
 
 
 async def test_two_replicas_spread_streams_with_the_tokens_of_one_server(proxy_port, speech, single_server_tokens):
@@ -158,6 +194,35 @@ async def test_two_replicas_spread_streams_with_the_tokens_of_one_server(proxy_p
     results = await asyncio.gather(*(run(s) for s in streams))
     for messages in results:
         assert final_tokens(messages) == single_server_tokens
+
+
+async def test_deepgram_protocol_through_the_proxy(proxy_port, speech, single_server):
+    deploy(num_replicas=2)
+    text, instance = await deepgram_transcript(f"ws://127.0.0.1:{proxy_port}", speech)
+    assert instance and text == single_server["deepgram"]
+
+
+async def test_each_replicas_metrics_reach_rays_export(proxy_port, metrics_port, speech):
+    """Every replica's own counters, tagged with its replica id, on the node's metrics export port."""
+    deploy(num_replicas=2)
+    url = f"ws://127.0.0.1:{proxy_port}/"
+    streams = [await Stream.open(url) for _ in range(2)]
+    for s in streams:
+        await s.send(speech[:CHUNK * 4], final=True)
+        final_tokens(await s.collect())
+    replicas = set(replica_pids())
+    series = re.compile(r'^ray_parakeet_streams_opened_total\{[^}]*replica="([^"]+)"[^}]*\} (\S+)$', re.M)
+    deadline = time.monotonic() + 60
+    while True:
+        text = await asyncio.to_thread(lambda: urllib.request.urlopen(
+            f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode())
+        seen = {replica: float(value) for replica, value in series.findall(text)}
+        names = {line.split("{")[0] for line in text.splitlines() if line.startswith("ray_parakeet_")}
+        if set(seen) >= replicas and all(v >= 1 for v in seen.values()) and names >= {
+                "ray_parakeet_active_streams", "ray_parakeet_decode_lag_seconds_bucket"}:
+            break
+        assert time.monotonic() < deadline, (replicas, seen, names)
+        await asyncio.sleep(1)
 
 
 async def test_every_slot_taken_next_client_gets_server_full_within_a_second(proxy_port, speech):

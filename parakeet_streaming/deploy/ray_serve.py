@@ -14,6 +14,7 @@ for Serve, for its whole life, so:
 - autoscaling on `target_ongoing_requests` scales on open streams.
 - a replica takes traffic only once its constructor returned: the model is loaded and the engine
   warmed up (the same readiness as /readyz); `check_health` reports a stopped or degraded engine.
+- its Prometheus metrics go out through Ray's metrics export, tagged with the replica (ray_metrics.py).
 docs/scaling.md has the measured behaviour (kill, drain, autoscaling) and the limits.
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ray import serve
 from parakeet_streaming.cli import build_parser, config_from_args
 from parakeet_streaming.config import ServerConfig
 from parakeet_streaming.deploy.asgi import asgi_app
+from parakeet_streaming.deploy.ray_metrics import RayMetricsBridge
 from parakeet_streaming.server.app import build_engine, load
 from parakeet_streaming.server.context import ModelInfo, ServerContext
 from parakeet_streaming.server.security import Authenticator
@@ -63,6 +65,7 @@ class ParakeetReplica:
         self.instance = serve.get_replica_context().replica_id.unique_id
         self.ctx = ServerContext(self.engine, config, ModelInfo.of(model), auth=Authenticator.from_config(config))
         self.ctx.metrics.watch(self.ctx)
+        self._metrics = RayMetricsBridge(self.ctx.metrics.registry).start()
         log.info("replica %s ready: %d slots", self.instance, config.max_num_streams)
 
     def __serve_build_asgi_app__(self) -> Any:
@@ -76,9 +79,10 @@ class ParakeetReplica:
     def __del__(self) -> None:
         # Serve calls this once the replica's open streams have ended (or kills the process at
         # graceful_shutdown_timeout_s first).
-        engine = getattr(self, "engine", None)
-        if engine is not None:
-            engine.shutdown()
+        if hasattr(self, "_metrics"):
+            self._metrics.set()
+        if hasattr(self, "engine"):
+            self.engine.shutdown()
 
 
 def deployment_options(config: ServerConfig, overflow: int = OVERFLOW) -> dict[str, Any]:
