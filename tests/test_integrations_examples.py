@@ -23,7 +23,11 @@ TIMEOUT = 180
 
 def needs(*modules: str) -> None:
     for name in modules:
-        if importlib.util.find_spec(name) is None:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:  # its parent package is missing
+            found = False
+        if not found:
             pytest.skip(f"{name} is not installed (the integrations extra)")
 
 
