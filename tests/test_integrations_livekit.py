@@ -57,7 +57,8 @@ async def collect(stream, frames: list[rtc.AudioFrame], expected: str, end_input
     return events
 
 
-async def test_deepgram_plugin_stream(engine_factory, two_utterances, tmp_path):
+@pytest.mark.parametrize("endpointing_ms", [25, 300])  # 25: the plugin's default
+async def test_deepgram_plugin_stream(engine_factory, two_utterances, tmp_path, endpointing_ms):
     from livekit.plugins import deepgram
 
     engine, model = engine_factory(4)
@@ -66,7 +67,7 @@ async def test_deepgram_plugin_stream(engine_factory, two_utterances, tmp_path):
         frames = wav_frames(write_wav(tmp_path / "speech.wav", two_utterances, RATE))
         async with utils.http_context.open():
             stt = deepgram.STT(base_url=f"http://127.0.0.1:{app.ports['ws']}/v1/listen", api_key="unused",
-                               sample_rate=RATE, endpointing_ms=300)
+                               sample_rate=RATE, endpointing_ms=endpointing_ms)
             # end_input: the plugin sends Finalize then CloseStream, and the server closes when done
             events = await collect(stt.stream(), frames, expected, end_input=True)
         kinds = [e.type for e in events]

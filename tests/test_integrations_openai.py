@@ -101,6 +101,27 @@ async def test_manual_commits_without_turn_detection(engine_factory, two_utteran
         assert committed[1]["previous_item_id"] == committed[0]["item_id"]
 
 
+async def test_g711_alaw_at_8khz(engine_factory, two_utterances):
+    """`audio/pcma`: A-law bytes at 8 kHz, resampled by the server; the same words as pcm16 at 8 kHz."""
+    from parakeet_streaming import audio
+
+    engine, model = engine_factory(4)
+    async with running_server(engine, model) as app:
+        at8k = audio.resample(two_utterances, 16000, 8000)
+        ints = np.clip(np.round(at8k * 32768), -32768, 32767).astype(np.int32)
+        table = np.round(audio.decode(bytes(range(256)), "alaw") * 32768).astype(np.int32)
+        alaw = np.abs(ints[:, None] - table[None, :]).argmin(axis=1).astype(np.uint8).tobytes()  # nearest code
+        chunks = [json.dumps({"type": "input_audio_buffer.append",
+                              "audio": base64.b64encode(alaw[i:i + 800]).decode()}) for i in range(0, len(alaw), 800)]
+        pcma = {"type": "transcription", "audio": {"input": {"format": {"type": "audio/pcma"}, "turn_detection": None}}}
+        events = await session(app, [json.dumps({"type": "session.update", "session": pcma}), *chunks])
+        assert events[1]["session"]["audio"]["input"]["format"] == {"type": "audio/pcma"}
+        assert not [e for e in events if e["type"] == "error"]
+        decoded = audio.decode(alaw, "alaw")
+        expected = await native_text(app, decoded, 8000)
+        assert text_of(events) == expected and expected
+
+
 async def test_bad_events_get_openai_errors_and_nothing_is_lost(engine_factory, two_utterances_24k):
     engine, model = engine_factory(4)
     async with running_server(engine, model) as app:
