@@ -17,6 +17,7 @@ import signal
 import socket
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -74,7 +75,9 @@ def deploy(*extra: str, overflow: int = 1, **options: Any) -> None:
 
 
 def replica_states() -> dict[str, int]:
-    return dict(serve.status().applications[APP].deployments["parakeet"].replica_states)
+    app = serve.status().applications.get(APP)
+    deployment = app.deployments.get("parakeet") if app else None
+    return dict(deployment.replica_states) if deployment else {}
 
 
 def running() -> int:
@@ -350,3 +353,32 @@ async def test_stopping_replica_lets_open_streams_finish(proxy_port, speech, sin
     await stream.send(speech[half:], final=True, pace=0.02)
     assert final_tokens(await stream.collect()) == single_server_tokens
     await asyncio.wait_for(deleting, 60)
+
+
+async def test_serve_run_with_the_shipped_config(proxy_port, speech, single_server_tokens, tmp_path):
+    """deploy/ray/serve.yaml, with the tiny checkpoint and no CPU reservation, deployed by Ray's own
+    `serve run` CLI into this cluster; then a stream through the proxy."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "deploy" / "ray" / "serve.yaml").read_text())
+    (app,) = config["applications"]
+    app["args"]["server_args"] = f"--model {MODEL} --max-num-streams {SLOTS} --drain-seconds 5"
+    (deployment,) = app["deployments"]
+    deployment["ray_actor_options"] = {"num_cpus": 0}
+    deployment["autoscaling_config"] |= {"max_replicas": 1, "target_ongoing_requests": SLOTS}
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    serve_cli = Path(sys.executable).with_name("serve")
+    address = ray.get_runtime_context().gcs_address
+    done = await asyncio.to_thread(subprocess.run, [str(serve_cli), "run", "--non-blocking", "-a", address,
+                                                    str(path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    await wait_for(lambda: running() == 1, 120, "the config's app")
+    stream = await Stream.open(f"ws://127.0.0.1:{proxy_port}/")
+    assert stream.hello["type"] == "hello"
+    await stream.send(speech, final=True)
+    assert final_tokens(await stream.collect()) == single_server_tokens
+    serve.delete(APP)
