@@ -3,6 +3,8 @@ UtteranceEnd / SpeechStarted / Metadata (checked against deepgram-sdk's own type
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -74,7 +76,21 @@ def test_bad_parameters_are_refused_with_http_400(params: dict, words: str) -> N
     with pytest.raises(dg.ListenRejected) as info:
         dg.parse_query(params)
     assert info.value.status == 400 and words in info.value.err_msg
-    assert info.value.body("req") == {"err_code": "Bad Request", "err_msg": info.value.err_msg, "request_id": "req"}
+    body = info.value.body()
+    assert body == {"err_code": "Bad Request", "err_msg": info.value.err_msg, "request_id": info.value.request_id}
+    status, raw, code, headers = info.value.http()
+    assert (status, json.loads(raw), code) == (400, body, "bad_request") and ("dg-error", info.value.err_msg) in headers
+
+
+def test_the_docs_list_the_parameters_the_code_knows() -> None:
+    """docs/integrations/deepgram.md: one row per effective parameter, the ignored ones in one row."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "integrations" / "deepgram.md").read_text()
+    rows = [line for line in doc.splitlines() if line.startswith("| `")]
+    named = {p for row in rows for p in re.findall(r"`([a-z_0-9]+)`", row.split("|")[1])}
+    ignored_row = next(line for line in doc.splitlines() if line.startswith("| all other Deepgram parameters"))
+    ignored = set(re.findall(r"`([a-z_0-9]+)`", ignored_row.split("|")[2]))
+    assert named >= set(dg.EFFECTIVE)
+    assert ignored == set(dg.IGNORED) - {"token"}  # ?token= is the API key (documented above the table)
 
 
 def test_mulaw_and_alaw_map_to_the_audio_decoders() -> None:
@@ -163,7 +179,7 @@ def test_segments_tile_the_audio_and_finals_join_to_the_stream_text() -> None:
     finals = [m for m in msgs if m["is_final"]]
     assert [m["channel"]["alternatives"][0]["transcript"] for m in finals] == ["hello", "again"]
     assert [m["speech_final"] for m in finals] == [True, False]
-    assert (finals[0]["start"], finals[0]["duration"], finals[1]["start"], finals[1]["duration"]) == (0.0, 0.9, 0.9, 0.6)
+    assert [(m["start"], m["duration"]) for m in finals] == [(0.0, 0.9), (0.9, 0.6)]
     assert " ".join(m["channel"]["alternatives"][0]["transcript"] for m in finals) == "hello again"
 
 

@@ -43,11 +43,12 @@ log = logging.getLogger("parakeet_streaming.deepgram")
 PATH = "/v1/listen"
 ENCODINGS = {"linear16": "pcm16", "mulaw": "mulaw", "alaw": "alaw"}  # Deepgram name -> audio.decode name
 MAX_ENDPOINTING_MS = 60_000
-# Parameters that change what the server does; every other documented one is accepted and ignored.
-EFFECTIVE = ("encoding", "sample_rate", "channels", "interim_results", "endpointing", "utterance_end_ms",
-             "vad_events", "punctuate", "smart_format", "model", "language", "keyterm", "keywords")
+# Parameters that change what the server does; the documented others are accepted and ignored
+# (docs/integrations/deepgram.md lists both; a test keeps them in step), unknown ones too.
+EFFECTIVE = ("encoding", "sample_rate", "channels", "multichannel", "interim_results", "endpointing",
+             "utterance_end_ms", "vad_events", "punctuate", "smart_format", "model", "language", "keyterm", "keywords")
 IGNORED = ("callback", "callback_method", "detect_entities", "detect_language", "diarize", "diarize_model",
-           "dictation", "extra", "filler_words", "language_hint", "mip_opt_out", "multichannel", "no_delay",
+           "dictation", "extra", "filler_words", "language_hint", "mip_opt_out", "no_delay",
            "numerals", "profanity_filter", "redact", "replace", "search", "tag", "tier", "version",
            "alternatives", "token")
 
@@ -61,12 +62,12 @@ class ListenRejected(Exception):
         self.status, self.err_code, self.err_msg, self.code = status, err_code, err_msg, code
         self.request_id = str(uuid.uuid4())
 
-    def body(self, request_id: str) -> dict[str, Any]:
-        return {"err_code": self.err_code, "err_msg": self.err_msg, "request_id": request_id}
+    def body(self) -> dict[str, Any]:
+        return {"err_code": self.err_code, "err_msg": self.err_msg, "request_id": self.request_id}
 
     def http(self) -> tuple[int, bytes, str, tuple[tuple[str, str], ...]]:
         """(status, body, code, headers) of the HTTP answer to the upgrade request."""
-        body = json.dumps(self.body(self.request_id)).encode()
+        body = json.dumps(self.body()).encode()
         return self.status, body, self.code, (("dg-error", self.err_msg), ("dg-request-id", self.request_id))
 
 
@@ -257,10 +258,6 @@ def schema_error(exc: SchemaError) -> dict[str, Any]:
     return {"type": "Error", "variant": "SchemaError", "description": exc.description, "message": exc.message}
 
 
-def unsupported(description: str) -> dict[str, Any]:
-    return {"type": "Error", "variant": "UnsupportedMessage", "description": description}
-
-
 def configure_failure(request_id: str, description: str) -> dict[str, Any]:
     return {"type": "ConfigureFailure", "request_id": request_id, "code": "CONFIGURE_NOT_SUPPORTED",
             "description": description}
@@ -268,7 +265,7 @@ def configure_failure(request_id: str, description: str) -> dict[str, Any]:
 
 def word_form(text: str) -> str:
     """Deepgram's `word`: lowercase, without leading or trailing punctuation."""
-    return "".join(_strip_punct(text)).lower()
+    return _strip_punct(text).lower()
 
 
 def _strip_punct(text: str) -> str:

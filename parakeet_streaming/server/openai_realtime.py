@@ -151,7 +151,8 @@ def update_session(config: SessionConfig, session: Any) -> SessionConfig:
         config = replace(config, turn_detection=_turn_detection(inp["turn_detection"], config.turn_detection))
     if "noise_reduction" in inp:
         nr = inp["noise_reduction"]
-        config = replace(config, noise_reduction=None if nr is None else _object(nr, "session.audio.input.noise_reduction"))
+        nr = None if nr is None else _object(nr, "session.audio.input.noise_reduction")
+        config = replace(config, noise_reduction=nr)
     return config
 
 
