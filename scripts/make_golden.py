@@ -25,6 +25,10 @@ is kept). What it makes, all seeded and deterministic on a given machine:
   released architectures (key names and shapes; no weights).
 
 tests/golden/README.md describes every file and array.
+
+Key terms (per-stream phrase boosting, NeMo's GPU-PB): `make_golden.py --keyterms` leaves all of the
+above untouched and writes only tests/golden/keyterms/ from the saved small and large models
+(tests/golden/keyterms/README.md describes it).
 """
 from __future__ import annotations
 
@@ -696,6 +700,269 @@ def main() -> None:
     print(json.dumps(summary, indent=1))
 
 
+# ------------------------------------------------------------------------------------------- key terms
+KT_OUT = OUT / "keyterms"
+KT_CASES = (("small", 1), ("large", 1), ("large", 13))  # (family, lookahead R) of speech.wav
+KT_MIN_GAP = 5e-3  # every boosted decision on the references is won by at least this (log-prob units)
+# Candidate phrases: corpus words and word pairs, the ones whose boosting changes the decode are used.
+KT_CANDIDATES = tuple(dict.fromkeys(
+    tuple(CORPUS_WORDS) + tuple(" ".join(p) for p in zip(CORPUS_WORDS, CORPUS_WORDS[1:]))).keys())
+KT_STREAMS = (  # per stream: how many candidate phrases, params (context_score, depth_scaling, alpha), weighted
+    dict(n=0),
+    dict(n=3, params=(1.0, 2.0, 1.0)),  # NeMo's defaults
+    dict(n=3, params=(3.0, 1.5, 1.2), weights=(4.0, None, 2.5), deep=True),
+    dict(n=40, params=(1.0, 2.0, 1.0), broad=True),  # many phrases, most never match: fallbacks
+)
+
+
+def kt_decoding(model):
+    """greedy_batch with NeMo's per-stream biasing (a multi-model of boosting trees, ids per hypothesis)."""
+    from nemo.collections.asr.parts.submodules.rnnt_decoding import RNNTBPEDecoding
+
+    cfg = copy.deepcopy(model.cfg.decoding)
+    with open_dict(cfg):
+        cfg.strategy = "greedy_batch"
+        cfg.greedy.max_symbols = MAX_SYMBOLS
+        cfg.greedy.loop_labels = True
+        cfg.greedy.use_cuda_graph_decoder = False
+        cfg.greedy.enable_per_stream_biasing = True
+    return RNNTBPEDecoding(decoding_cfg=cfg, decoder=model.decoder, joint=model.joint, tokenizer=model.tokenizer)
+
+
+def kt_tree(model, phrases: list[str], params, weights=None):
+    """NeMo's boosting tree for a phrase list: through BoostingTreeModelConfig (key_phrases_list) when
+    there are no per-phrase weights, else from a ContextGraph built with per-phrase scores."""
+    from nemo.collections.asr.parts.context_biasing.boosting_graph_batched import (
+        BoostingTreeModelConfig, GPUBoostingTreeModel)
+    from nemo.collections.asr.parts.context_biasing.context_graph_universal import ContextGraph
+
+    cs, ds, _ = params
+    if weights is None:
+        cfg = BoostingTreeModelConfig(key_phrases_list=list(phrases), context_score=cs, depth_scaling=ds,
+                                      use_triton=False)
+        return GPUBoostingTreeModel.from_config(cfg, tokenizer=model.tokenizer)
+    graph = ContextGraph(context_score=cs, depth_scaling=ds)
+    graph.build(token_ids=[model.tokenizer.text_to_ids(p) for p in phrases], phrases=list(phrases),
+                scores=[0.0 if w is None else w for w in weights])
+    return GPUBoostingTreeModel.from_context_graph(graph, vocab_size=model.tokenizer.vocab_size, use_triton=False)
+
+
+class KtStreams:
+    """Biasing requests registered in one decoding's multi-model (one per stream; None = no key terms)."""
+
+    def __init__(self, model, decoding, specs: list[dict | None]):
+        from nemo.collections.asr.parts.context_biasing.biasing_multi_model import BiasingRequestItemConfig
+
+        self.multi = decoding.decoding.decoding_computer.biasing_multi_model
+        self.cfgs = []
+        for spec in specs:
+            if spec is None:
+                self.cfgs.append(None)
+                continue
+            tree = kt_tree(model, spec["phrases"], spec["params"], spec.get("weights"))
+            self.cfgs.append(BiasingRequestItemConfig(multi_model_id=self.multi.add_model(tree, spec["params"][2])))
+
+    def empty_hyps(self):
+        from nemo.collections.asr.parts.utils.rnnt_utils import Hypothesis
+
+        return [None if c is None else Hypothesis.empty_with_biasing_cfg(c) for c in self.cfgs]
+
+    def close(self):
+        for c in self.cfgs:
+            if c is not None:
+                c.remove_from_multi_model(self.multi)
+
+
+def kt_offline(model, enc, enc_len, specs: list[dict | None]) -> list[list[int]]:
+    """NeMo's boosted greedy over the whole-file encoder output, all streams in one batch."""
+    decoding = kt_decoding(model)
+    streams = KtStreams(model, decoding, specs)
+    b = len(specs)
+    hyps = greedy(decoding, enc.expand(b, -1, -1).contiguous(), enc_len.expand(b).contiguous(),
+                  partial=streams.empty_hyps())
+    streams.close()
+    return [ids(h) for h in hyps]
+
+
+def kt_margins(model, enc: torch.Tensor, n: int, spec: dict | None) -> tuple[list[int], float, int]:
+    """Our own reading of NeMo's fusion (blank decided unboosted, the label by boosted non-blank argmax,
+    the tree state advanced on labels), with NeMo's tree: tokens, the closest decision and the most
+    phrase tokens matched in a row."""
+    f = model.joint.enc(enc[0, :, :n].T)
+    blank = model.decoder.blank_idx
+    g, state = model.decoder.predict(torch.tensor([[blank]]), None, add_sos=False, batch_size=1)
+    p = model.joint.pred(g[0, 0])
+    tree = None if spec is None else kt_tree(model, spec["phrases"], spec["params"], spec.get("weights"))
+    alpha = 0.0 if spec is None else spec["params"][2]
+    ts = torch.zeros(1, dtype=torch.long)
+    tokens, gaps, deepest = [], [], 0
+    for t in range(n):
+        for _ in range(MAX_SYMBOLS):
+            logits = model.joint.joint_net(f[t] + p).log_softmax(-1)
+            top = torch.topk(logits, 2).values
+            gaps.append(float(top[0] - top[1]))
+            if int(torch.argmax(logits)) == blank:
+                break
+            if tree is not None:
+                scores, nxt = tree.advance(ts)
+                boosted = logits[:-1] + scores[0] * alpha
+                top = torch.topk(boosted, 2).values
+                gaps.append(float(top[0] - top[1]))
+                k = int(torch.argmax(boosted))
+                ts = nxt[:, k]
+                deepest = max(deepest, int(tree.state_order[ts[0]]) - 1)
+            else:
+                k = int(torch.argmax(logits))
+            tokens.append(k)
+            g, state = model.decoder.predict(torch.tensor([[k]]), state, add_sos=False, batch_size=1)
+            p = model.joint.pred(g[0, 0])
+    return tokens, min(gaps), deepest
+
+
+def kt_stream(model, samples: np.ndarray, specs: list[dict | None]) -> dict[str, list]:
+    """NeMo's cache-aware streaming (as stream_reference) of the same audio in every stream of one
+    batch, each stream with its own biasing request: new tokens per chunk per stream."""
+    from nemo.collections.asr.parts.utils.streaming_utils import CacheAwareStreamingAudioBuffer
+
+    decoding = kt_decoding(model)
+    streams = KtStreams(model, decoding, specs)
+    b = len(specs)
+    buf = CacheAwareStreamingAudioBuffer(model=model, online_normalization=False, pad_and_drop_preencoded=False)
+    for _ in range(b):
+        buf.append_audio(samples)
+    ch, tm, ln = model.encoder.get_initial_cache_state(batch_size=b)
+    prev = streams.empty_hyps()
+    counts: list[list[int]] = [[] for _ in range(b)]
+    done = [0] * b
+    for step, (chunk, clen) in enumerate(buf):
+        drop = 0 if step == 0 else model.encoder.streaming_cfg.drop_extra_pre_encoded
+        enc, enc_len, ch, tm, ln = model.encoder.cache_aware_stream_step(
+            processed_signal=chunk, processed_signal_length=clen, cache_last_channel=ch, cache_last_time=tm,
+            cache_last_channel_len=ln, keep_all_outputs=buf.is_buffer_empty(), drop_extra_pre_encoded=drop)
+        prev = greedy(decoding, enc, enc_len, partial=prev)
+        for i, h in enumerate(prev):
+            counts[i].append(len(h.y_sequence) - done[i])
+            done[i] = len(h.y_sequence)
+    streams.close()
+    return {"tokens": [ids(h) for h in prev], "counts": counts}
+
+
+def kt_pick(model, enc, n: int, base: list[int], spec: dict, used: set[str], outputs: list[list[int]]) -> dict:
+    """Candidate phrases for one stream: each must change the unboosted decode on its own and be at
+    least two tokens long (unless `broad`; with `deep` the list must match two tokens in a row, the
+    first phrase on its own), the list must change it, differ from the other streams'
+    outputs, and win every decision clearly."""
+    want, phrases = spec["n"], []
+    for cand in KT_CANDIDATES:
+        if len(phrases) == want:
+            break
+        if cand in used or (not spec.get("broad") and len(model.tokenizer.text_to_ids(cand)) < 2):
+            continue  # the focused lists have multi-token phrases only, so matches go deep
+        trial = {"phrases": phrases + [cand], "params": spec["params"]}
+        if spec.get("weights"):
+            trial["weights"] = list(spec["weights"][: len(trial["phrases"])])
+        if not spec.get("broad"):
+            alone = {"phrases": [cand], "params": spec["params"]}
+            tokens, _, deepest = kt_margins(model, enc, n, alone)
+            if tokens == base or (spec.get("deep") and not phrases and deepest < 2):
+                continue
+        tokens, gap, deepest = kt_margins(model, enc, n, trial)
+        if gap >= KT_MIN_GAP and (deepest >= 2 or not spec.get("deep")) and (len(trial["phrases"]) < want or (tokens != base and tokens not in outputs)):
+            phrases.append(cand)
+    assert len(phrases) == want, f"only {len(phrases)} usable phrases for {spec}"
+    used.update(phrases)
+    out = {"phrases": phrases, "params": list(spec["params"])}
+    if spec.get("weights"):
+        out["weights"] = list(spec["weights"])
+    return out
+
+
+def kt_tree_table(model, seed: int) -> dict[str, np.ndarray]:
+    """NeMo's boosting tree for random token phrases over few tokens (shared prefixes, phrases inside
+    phrases, duplicates, per-phrase weights): every state's path and its full score/next row."""
+    from nemo.collections.asr.parts.context_biasing.boosting_graph_batched import GPUBoostingTreeModel
+    from nemo.collections.asr.parts.context_biasing.context_graph_universal import ContextGraph
+
+    rng = random.Random(seed)
+    v = model.tokenizer.vocab_size
+    alphabet = list(range(1, 9))
+    phrases = [[rng.choice(alphabet) for _ in range(rng.randint(1, 5))] for _ in range(60)]
+    weights = [rng.choice([0.0, 0.0, 0.5, 2.0, 3.5]) for _ in phrases]
+    cs, ds = 1.2, 1.7
+    graph = ContextGraph(context_score=cs, depth_scaling=ds)
+    graph.build(token_ids=phrases, phrases=[str(p) for p in phrases], scores=weights)
+    tree = GPUBoostingTreeModel.from_context_graph(graph, vocab_size=v, use_triton=False)
+    scores, nxt = tree.advance(torch.arange(tree.num_states))
+    paths: dict[int, list[int]] = {0: []}
+    for s in range(tree.num_states):  # forward arcs lead to deeper states; states are numbered by depth
+        a, b = (int(x) for x in tree.start_end_arcs[s])
+        for arc in range(a, b):
+            to = int(tree.to_states[arc])
+            if to != 0 and to not in paths:
+                paths[to] = paths[s] + [int(tree.ilabels[arc])]
+    assert len(paths) == tree.num_states
+    longest = max(len(p) for p in paths.values())
+    pad = lambda rows, w: np.array([r + [-1] * (w - len(r)) for r in rows], np.int64)  # noqa: E731
+    return {"phrases": pad(phrases, 5), "weights": np.array(weights, np.float32),
+            "context_score": np.array(cs, np.float32), "depth_scaling": np.array(ds, np.float32),
+            "state_paths": pad([paths[s] for s in range(tree.num_states)], longest),
+            "scores": scores.numpy().astype(np.float32), "next": nxt.numpy().astype(np.int64)}
+
+
+def make_keyterms() -> None:
+    from nemo.collections.asr.models import ASRModel as NemoASRModel
+
+    KT_OUT.mkdir(parents=True, exist_ok=True)
+    summary: dict = {}
+    for family, r in KT_CASES:
+        model = NemoASRModel.restore_from(str(OUT / family / "model.nemo"), map_location="cpu")
+        model.eval()
+        set_context(model, [70, r])
+        ref = dict(np.load(OUT / family / f"ref_speech_R{r}.npz"))
+        enc = torch.from_numpy(ref["offline_enc"]).T[None]
+        n = enc.shape[-1]
+        base = ref["offline_tokens"].tolist()
+        assert kt_margins(model, enc, n, None)[0] == base
+        used: set[str] = set()
+        specs: list[dict | None] = []
+        outputs: list[list[int]] = [base]
+        for spec in KT_STREAMS:
+            if spec["n"] == 0:
+                specs.append(None)
+                continue
+            picked = kt_pick(model, enc, n, base, spec, used, outputs)
+            specs.append(picked)
+            outputs.append(kt_margins(model, enc, n, picked)[0])
+        offline = kt_offline(model, enc, torch.tensor([n]), specs)
+        for i, spec in enumerate(specs):  # batched NeMo equals each stream alone and our reading of it
+            assert offline[i] == kt_offline(model, enc, torch.tensor([n]), [spec])[0] == outputs[i], i
+        stream = kt_stream(model, ref["samples"], specs)
+        assert stream["tokens"][0] == ref["stream_tokens"].tolist()
+        name = f"{family}_R{r}"
+        doc = {"family": family, "att_context_size": [70, r], "audio": "speech.wav",
+               "streams": [{"keyterms": [] if s is None else s["phrases"],
+                            "weights": None if s is None else s.get("weights"),
+                            "context_score": None if s is None else s["params"][0],
+                            "depth_scaling": None if s is None else s["params"][1],
+                            "alpha": None if s is None else s["params"][2],
+                            "keyterm_token_ids": [] if s is None else [model.tokenizer.text_to_ids(p)
+                                                                       for p in s["phrases"]],
+                            "offline_tokens": offline[i], "stream_tokens": stream["tokens"][i],
+                            "stream_token_counts": stream["counts"][i]}
+                           for i, s in enumerate(specs)]}
+        (KT_OUT / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
+        summary[name] = {"tokens_changed_vs_unboosted": [sum(a != b for a, b in zip(o, base)) + abs(len(o) - len(base))
+                                                          for o in offline],
+                         "stream_equals_offline": [s == o for s, o in zip(stream["tokens"], offline)]}
+        print(name, json.dumps(summary[name]), flush=True)
+        if family == "small":
+            np.savez_compressed(KT_OUT / "tree_small.npz", **kt_tree_table(model, seed=14))
+    (KT_OUT / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+
 if __name__ == "__main__":
+    import sys
+
+    torch.set_float32_matmul_precision("highest")
     with torch.no_grad():
-        main()
+        make_keyterms() if "--keyterms" in sys.argv[1:] else main()

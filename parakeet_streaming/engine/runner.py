@@ -9,9 +9,13 @@ End of stream: the stream's valid mel frames are len // hop (NeMo's own feature 
 all-zero frame is not fed). Whatever is left after the last full chunk, even a single frame, goes
 through as one shorter chunk with its true length: padded positions are masked exactly as NeMo masks
 a short chunk, so the tail is deterministic and the same whether the stream is alone or batched.
+
+Key terms (model/boosting.py): each stream may have its own phrase list, given at `open` or replaced
+with `set_keyterms`; compiled trees are cached by list, so streams with the same list share one.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -20,9 +24,13 @@ import torch
 
 from parakeet_streaming.engine.slots import PRE_ENCODE_CACHE, SlotTable
 from parakeet_streaming.model.asr import ASRModel
+from parakeet_streaming.model.boosting import (MAX_KEYTERM_TOKENS, MAX_KEYTERMS, BoostingParams, BoostingTree,
+                                               Keyterm, KeytermError, compile_keyterms)
 from parakeet_streaming.model.frontend import SampleBuffer
 
 DROP_PRE_ENCODED = 2  # subsampled frames that only the pre-encode context produced
+TREE_CACHE = 64  # compiled key-term lists kept for reuse
+Keyterms = Sequence["str | Keyterm | tuple[str, float]"]
 
 
 @dataclass
@@ -54,8 +62,11 @@ class _Plan:
 
 
 class Runner:
-    def __init__(self, model: ASRModel, num_slots: int, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: ASRModel, num_slots: int, device: str | torch.device = "cpu",
+                 max_keyterms: int = MAX_KEYTERMS, max_keyterm_tokens: int = MAX_KEYTERM_TOKENS) -> None:
         self.model = model.to(device)
+        self.max_keyterms, self.max_keyterm_tokens = max_keyterms, max_keyterm_tokens
+        self._trees: OrderedDict[tuple, BoostingTree | None] = OrderedDict()
         self.device = torch.device(device)
         self.dtype = next(model.encoder.parameters()).dtype
         self.table = SlotTable(model, num_slots, self.device, self.dtype)
@@ -72,12 +83,42 @@ class Runner:
         self.last_encoder_output: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     # ---- per-slot bookkeeping ------------------------------------------------------------
-    def open(self, slot: int) -> None:
+    def open(self, slot: int, keyterms: Keyterms | None = None, boosting: BoostingParams = BoostingParams()) -> None:
+        """Start a stream in `slot`, optionally with key terms (raises KeytermError, leaving the slot as it was)."""
+        tree = self.compile_keyterms(keyterms, boosting) if keyterms else None
         self._cursors[slot] = _Cursor(SampleBuffer(self.model.config.features, self._reach))
         self.table.reset(slot)
+        self.table.keyterms.set(slot, tree)
+
+    def set_keyterms(self, slot: int, keyterms: Keyterms | None, boosting: BoostingParams = BoostingParams()) -> None:
+        """Replace an open stream's key terms (None or [] removes them); matching restarts from the
+        next decoded token. Raises KeytermError and keeps the old list if the new one is unusable."""
+        self._cursor(slot)
+        self.table.keyterms.set(slot, self.compile_keyterms(keyterms, boosting) if keyterms else None)
+
+    def keyterm_count(self, slot: int) -> int:
+        tree = self.table.keyterms.trees[slot]
+        return 0 if tree is None else tree.num_phrases
+
+    def compile_keyterms(self, keyterms: Keyterms, boosting: BoostingParams = BoostingParams()) -> BoostingTree | None:
+        """Compile (or reuse) a key-term list for this model's vocabulary; raises KeytermError."""
+        try:
+            key = (tuple(k if isinstance(k, (str, Keyterm)) else tuple(k) for k in keyterms), boosting)
+            hash(key)
+        except TypeError:
+            raise KeytermError("key terms must be a list of strings or (text, weight) pairs") from None
+        if key in self._trees:
+            self._trees.move_to_end(key)
+            return self._trees[key]
+        tree = compile_keyterms(self.model.tokenizer, keyterms, boosting, self.max_keyterms, self.max_keyterm_tokens)
+        self._trees[key] = tree
+        if len(self._trees) > TREE_CACHE:
+            self._trees.popitem(last=False)
+        return tree
 
     def release(self, slot: int) -> None:
         self._cursors[slot] = None
+        self.table.keyterms.set(slot, None)
 
     def push(self, slot: int, samples: np.ndarray) -> None:
         self._cursor(slot).audio.push(samples)
@@ -122,14 +163,16 @@ class Runner:
     def _run(self, work: list[_Plan]) -> dict[int, tuple[list[int], list[float], list[int], int]]:
         idx = torch.tensor([p.slot for p in work], device=self.device)
         dec_state, ctx = self.table.gather(idx)
+        keyterms = self.table.keyterms.gather([p.slot for p in work], idx)
         mel_new = self._mel(work)  # (B, F, M) float32
         x, length, new_ctx = self._pre_encode_input(work, ctx, mel_new)
         sub, sub_len = self.model.encoder.pre_encode(x.to(self.dtype), length)
         x, t_len = self._drop_context(work, sub, sub_len)
         out = self.model.encoder(x, t_len, self.table.enc, idx)
         self.last_encoder_output = (idx, out, t_len)  # for tests and calibration
-        em, dec_state = self.model.greedy.decode(out.to(dec_state.h.dtype), t_len, dec_state)
+        em, dec_state = self.model.greedy.decode(out.to(dec_state.h.dtype), t_len, dec_state, keyterms)
         self.table.scatter(idx, dec_state, new_ctx)
+        self.table.keyterms.scatter(idx, keyterms)
         t_list = t_len.tolist()
         return {p.slot: (em.tokens[b], em.confidences[b], em.frames[b], t_list[b]) for b, p in enumerate(work)}
 

@@ -1,8 +1,9 @@
 """Device-side state of every stream, preallocated once and indexed by slot.
 
-Per slot: the encoder state (updated in place by the encoder), the RNN-T decoder state and the
-last `PRE_ENCODE_CACHE` mel frames that the next chunk is prefixed with. A step gathers the small
-decoder and mel rows of its slots and writes them back; nothing is allocated per stream.
+Per slot: the encoder state (updated in place by the encoder), the RNN-T decoder state, the
+last `PRE_ENCODE_CACHE` mel frames that the next chunk is prefixed with, and the key-term boosting
+tree and its state (model/boosting.py). A step gathers the small decoder and mel rows of its slots
+and writes them back; nothing is allocated per stream except a stream's own key-term tree.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from torch import Tensor
 
 from parakeet_streaming.model.asr import ASRModel
+from parakeet_streaming.model.boosting import KeytermTable
 from parakeet_streaming.model.encoder import EncoderState
 from parakeet_streaming.model.rnnt import DecoderState
 
@@ -30,6 +32,7 @@ class SlotTable:
         n_mels = model.config.features.n_mels
         # Zeros, as NeMo's streaming buffer pads a short pre-encode context with zero frames.
         self.mel_ctx = torch.zeros(num_slots, PRE_ENCODE_CACHE, n_mels, device=device, dtype=torch.float32)
+        self.keyterms = KeytermTable(num_slots, model.config.decoder.vocab_size, device)
 
     def reset(self, slot: int) -> None:
         self.enc.reset(slot)
@@ -37,6 +40,7 @@ class SlotTable:
         self.dec.c[:, slot] = self._sos.c[:, 0]
         self.dec.g[slot] = self._sos.g[0]
         self.mel_ctx[slot].zero_()
+        self.keyterms.set(slot, None)
 
     def gather(self, idx: Tensor) -> tuple[DecoderState, Tensor]:
         """Decoder state and mel context of some slots (small; the encoder state is used in place)."""

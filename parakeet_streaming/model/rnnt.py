@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from parakeet_streaming.config import DecoderConfig
+from parakeet_streaming.model.boosting import BatchKeyterms
 from parakeet_streaming.model.linear import Linear, linear
 
 TSALLIS_ALPHA = 0.33
@@ -120,8 +121,13 @@ class GreedyDecoder:
         out, h, c = self.decoder.step(labels, h, c)
         return DecoderState(h=h, c=c, g=self.joint.pred(out))
 
-    def decode(self, enc: Tensor, length: Tensor, state: DecoderState) -> tuple[Emissions, DecoderState]:
-        """enc (B,T,D) with valid lengths (B,). Returns the emitted tokens and the new state."""
+    def decode(self, enc: Tensor, length: Tensor, state: DecoderState, keyterms: BatchKeyterms | None = None
+               ) -> tuple[Emissions, DecoderState]:
+        """enc (B,T,D) with valid lengths (B,). Returns the emitted tokens and the new state.
+
+        With `keyterms` (boosting.py), a non-blank decision takes the argmax of the non-blank logits
+        plus the row's boosting scores, and `keyterms` advances in place; blank vs. non-blank and the
+        confidences stay those of the model's own logits (as NeMo's shallow fusion does)."""
         b, t, _ = enc.shape
         f_all = self.joint.enc(enc)
         h, c, g = state.h, state.c, state.g
@@ -135,6 +141,9 @@ class GreedyDecoder:
             for _ in range(self.max_symbols):
                 logits = self.joint.logits(f, g)
                 k = logits.argmax(-1)
+                if keyterms is not None:
+                    boosted = (logits[:, : self.blank].float() + keyterms.scores).argmax(-1)
+                    k = torch.where(k == self.blank, k, boosted)
                 emit = active & (k != self.blank)
                 if not bool(emit.any()):
                     break
@@ -145,6 +154,8 @@ class GreedyDecoder:
                     em.tokens[r].append(ks[r])
                     em.confidences[r].append(cs[r])
                     em.frames[r].append(ti)
+                if keyterms is not None:
+                    keyterms.advance(emit, k)
                 out, h2, c2 = self.decoder.step(torch.where(emit, k, self.blank), h, c)
                 g2 = self.joint.pred(out)
                 m = emit.view(1, -1, 1)
