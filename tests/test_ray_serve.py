@@ -253,6 +253,29 @@ async def test_every_slot_taken_next_client_gets_server_full_within_a_second(pro
     final_tokens(await again.collect())
 
 
+async def test_three_replicas_every_slot_is_reached_before_server_full(proxy_port, speech):
+    """Streams opened one after the other (each taking its slot) fill 3 replicas evenly; only the one
+    after all slots gets server_full. Serve's default router (the lesser of two random replicas) could
+    send one of them to a full replica while a third had room."""
+    deploy(num_replicas=3)
+    url = f"ws://127.0.0.1:{proxy_port}/"
+    holders = []
+    for _ in range(3 * SLOTS):
+        stream = await Stream.open(url)
+        assert stream.hello["type"] == "hello", (stream.hello, [h.replica for h in holders])
+        await stream.send(speech[:CHUNK * 2])
+        assert json.loads(await asyncio.wait_for(stream.ws.recv(), TIMEOUT))["type"] in ("result", "eou")
+        holders.append(stream)
+    counts = sorted([h.replica for h in holders].count(r) for r in {h.replica for h in holders})
+    assert counts == [SLOTS] * 3, counts
+    late = await Stream.open(url)
+    assert late.hello["type"] == "error" and late.hello["code"] == "server_full", late.hello
+    await late.collect()
+    for h in holders:
+        await h.send(np.zeros(0, np.float32), final=True)
+    await asyncio.gather(*(h.collect() for h in holders))
+
+
 def replica_pids() -> dict[str, int]:
     """Serve replica id -> worker pid of the live replicas (asked of each replica actor, as Serve's
     controller does)."""

@@ -11,6 +11,9 @@ for Serve, for its whole life, so:
   that; the `overflow` connections beyond the slots are answered by the replica's own admission with
   the protocol's `server_full` at once (Serve itself can only hold a WebSocket in its queue, or refuse
   the upgrade with an HTTP status, when every replica is at its limit).
+- `LeastOngoingRouter` sends a new connection to the replica with the fewest open ones, so it reaches
+  a free slot whenever any replica has one (Serve's default picks the lesser of two random replicas,
+  which with 3 or more can be two full ones).
 - autoscaling on `target_ongoing_requests` scales on open streams.
 - a replica takes traffic only once its constructor returned: the model is loaded and the engine
   warmed up (the same readiness as /readyz); `check_health` reports a stopped or degraded engine.
@@ -25,6 +28,8 @@ import time
 from typing import Any, Sequence
 
 from ray import serve
+from ray.serve.config import RequestRouterConfig
+from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 
 from parakeet_streaming.cli import build_parser, config_from_args
 from parakeet_streaming.config import ServerConfig
@@ -85,6 +90,15 @@ class ParakeetReplica:
             self.engine.shutdown()
 
 
+class LeastOngoingRouter(FIFOMixin, RequestRouter):
+    """Every replica is a candidate; Serve's router takes the one with the fewest ongoing requests
+    (its cached queue lengths, probed when stale) that is below max_ongoing_requests."""
+
+    async def choose_replicas(self, candidate_replicas: list[RunningReplica],
+                              pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
+        return [candidate_replicas] if candidate_replicas else []
+
+
 def deployment_options(config: ServerConfig, overflow: int = OVERFLOW) -> dict[str, Any]:
     return {
         "name": DEPLOYMENT,
@@ -95,6 +109,7 @@ def deployment_options(config: ServerConfig, overflow: int = OVERFLOW) -> dict[s
         # Open streams may finish for this long after a replica is told to stop (scale-down,
         # redeploy); then Serve kills it.
         "graceful_shutdown_timeout_s": config.drain_seconds,
+        "request_router_config": RequestRouterConfig(request_router_class=LeastOngoingRouter),
     }
 
 
