@@ -95,6 +95,6 @@ async def test_openai_realtime_plugin_stream(engine_factory, two_utterances_24k,
             finally:
                 await stt.aclose()
         kinds = [e.type for e in events]
-        assert Kind.START_OF_SPEECH in kinds and Kind.END_OF_SPEECH in kinds
+        assert {Kind.START_OF_SPEECH, Kind.INTERIM_TRANSCRIPT, Kind.END_OF_SPEECH} <= set(kinds)
         assert sum(k == Kind.FINAL_TRANSCRIPT for k in kinds) >= 2
         assert same_words(finals(events), expected) and expected
