@@ -903,8 +903,8 @@ def kt_tree_table(model, seed: int) -> dict[str, np.ndarray]:
     assert len(paths) == tree.num_states
     longest = max(len(p) for p in paths.values())
     pad = lambda rows, w: np.array([r + [-1] * (w - len(r)) for r in rows], np.int64)  # noqa: E731
-    return {"phrases": pad(phrases, 5), "weights": np.array(weights, np.float32),
-            "context_score": np.array(cs, np.float32), "depth_scaling": np.array(ds, np.float32),
+    return {"phrases": pad(phrases, 5), "weights": np.array(weights, np.float64),
+            "context_score": np.array(cs, np.float64), "depth_scaling": np.array(ds, np.float64),
             "state_paths": pad([paths[s] for s in range(tree.num_states)], longest),
             "scores": scores.numpy().astype(np.float32), "next": nxt.numpy().astype(np.int64)}
 

@@ -130,3 +130,178 @@ def test_fixtures_exercise_the_tree(case) -> None:
             seen["broken"] += int(state != 0 and tree.depth[nxt] != tree.depth[state] + 1)
             state = nxt
     assert all(v > 0 for v in seen.values()), seen
+
+
+# ------------------------------------------------------------------------------------- the tree alone
+def test_tree_equals_nemo_score_table() -> None:
+    """Every state of NeMo's tree (60 random phrases over 8 tokens: shared prefixes, phrases inside
+    phrases, duplicates, per-phrase weights): the same score for every label and the same next state."""
+    ref = dict(np.load(KT / "tree_small.npz"))
+    phrases = [[t for t in row if t >= 0] for row in ref["phrases"].tolist()]
+    cs = float(ref["context_score"])
+    assert cs == 1.2
+    scores = [w if w != 0.0 else cs for w in ref["weights"].tolist()]
+    vocab = ref["scores"].shape[1]
+    tree = build_tree(phrases, scores, float(ref["depth_scaling"]), vocab)
+    paths = [tuple(t for t in row if t >= 0) for row in ref["state_paths"].tolist()]
+    assert tree.num_states == len(paths)
+    ours = {}
+    for path in paths:
+        state = 0
+        for t in path:
+            state = int(tree.row(state)[1][t])
+        ours[path] = state
+    assert len(set(ours.values())) == len(paths)
+    for nemo_state, path in enumerate(paths):
+        s, nxt = tree.row(ours[path])
+        np.testing.assert_array_equal(s, ref["scores"][nemo_state])
+        assert [ours[paths[j]] for j in ref["next"][nemo_state]] == nxt.tolist()
+
+
+def test_broken_match_gives_back_and_complete_phrase_keeps() -> None:
+    """The scores mean what docs/keyterms.md says: a partial match that breaks gives back what it
+    earned, a completed phrase keeps it, deeper tokens earn more."""
+    tree = build_tree([[1, 2, 3], [4]], [1.0, 1.0], 2.0, 10)
+    s0, n0 = tree.row(0)
+    assert s0[1] == 1.0 and s0[4] == 1.0 and s0[7] == 0.0
+    s1, n1 = tree.row(int(n0[1]))
+    assert s1[2] == np.float32(2.0 + np.log(2)) and s1[7] == -1.0 and s1[4] == 0.0  # -1 back, +1 for "4"
+    s2, n2 = tree.row(int(n1[2]))
+    assert s2[3] == np.float32(2.0 + np.log(3)) and s2[7] == np.float32(-(1.0 + 2.0 + np.log(2)))
+    s3, _ = tree.row(int(n2[3]))
+    assert s3[7] == 0.0 and s3[1] == 1.0  # complete: nothing given back
+
+
+# ------------------------------------------------------------------------------------- the runner
+def small_case():
+    doc = json.loads((KT / "small_R1.json").read_text())
+    model = model_for("small", 1)
+    ref = dict(np.load(GOLDEN / "small" / "ref_speech_R1.npz"))
+    return doc, model, ref
+
+
+def test_zero_keyterms_identical_and_free() -> None:
+    doc, model, ref = small_case()
+    samples = ref["samples"]
+    plain = run(model, [(0, samples, [], BoostingParams())])
+    runner = Runner(model, 4)
+    runner.open(1)
+    runner.open(2, keyterms=[])
+    runner.open(3, keyterms=None)
+    assert runner.table.keyterms.gather([1, 2, 3], __import__("torch").tensor([1, 2, 3])) is None
+    for slot in (1, 2, 3):
+        runner.push(slot, samples)
+        runner.finish(slot)
+    tokens = {1: [], 2: [], 3: []}
+    confs = {1: [], 2: [], 3: []}
+    while any(runner.ready(s) for s in (1, 2, 3)):
+        for out in runner.step([s for s in (1, 2, 3) if runner.ready(s)]):
+            tokens[out.slot] += out.token_ids
+            confs[out.slot] += out.confidences
+    for slot in (1, 2, 3):
+        assert tokens[slot] == plain[0][0] == ref["offline_tokens"].tolist()
+        assert np.max(np.abs(np.array(confs[slot]) - plain[2][0])) <= 1e-6
+
+
+def test_batch_invariance_with_mixed_lists_and_ragged_streams() -> None:
+    """Each stream's output is NeMo's for its own list whatever else is in the batch: other lists,
+    other lengths (speech_short ends early), other slot orders."""
+    doc, model, ref = small_case()
+    short = dict(np.load(GOLDEN / "small" / "ref_speech_short_R1.npz"))["samples"]
+    streams = doc["streams"]
+    terms = [keyterms_of(s) for s in streams]
+    alone = [run(model, [(0, ref["samples"], *terms[i])])[0][0] for i in range(4)]
+    assert alone == [s["offline_tokens"] for s in streams]
+    short_alone = [run(model, [(0, short, *terms[i])])[0][0] for i in (1, 2)]
+    jobs = [(3, short, *terms[1]), (0, ref["samples"], *terms[2]), (2, ref["samples"], *terms[3]),
+            (1, short, *terms[2]), (5, ref["samples"], *terms[1])]
+    tokens = run(model, jobs)[0]
+    assert tokens[0] == alone[2] and tokens[2] == alone[3] and tokens[5] == alone[1]
+    assert tokens[3] == short_alone[0] and tokens[1] == short_alone[1]
+
+
+def test_no_leak_between_streams_or_across_slot_reuse() -> None:
+    doc, model, ref = small_case()
+    samples = ref["samples"]
+    streams = doc["streams"]
+    runner = Runner(model, 2)
+
+    def stream(slot: int, terms=None, params=BoostingParams()) -> list[int]:
+        runner.open(slot, terms, params)
+        runner.push(slot, samples)
+        runner.finish(slot)
+        out: list[int] = []
+        while runner.ready(slot):
+            out += runner.step([slot])[0].token_ids
+        runner.release(slot)
+        return out
+
+    assert stream(1, *keyterms_of(streams[3])) == streams[3]["offline_tokens"]
+    assert stream(1) == ref["offline_tokens"].tolist()  # the slot forgot its list
+    assert stream(1, *keyterms_of(streams[1])) == streams[1]["offline_tokens"]
+    # set_keyterms before the first step is the same as open(keyterms=...); removing them restores.
+    runner.open(0)
+    runner.set_keyterms(0, *keyterms_of(streams[2]))
+    runner.push(0, samples)
+    runner.finish(0)
+    out: list[int] = []
+    while runner.ready(0):
+        out += runner.step([0])[0].token_ids
+    assert out == streams[2]["offline_tokens"]
+    runner.open(0, *keyterms_of(streams[2]))
+    runner.set_keyterms(0, None)
+    runner.push(0, samples)
+    runner.finish(0)
+    out = []
+    while runner.ready(0):
+        out += runner.step([0])[0].token_ids
+    assert out == ref["offline_tokens"].tolist()
+
+
+def test_same_list_compiles_once_and_is_shared() -> None:
+    _, model, _ = small_case()
+    runner = Runner(model, 3)
+    runner.open(0, ["good morning", ("kitchen", 2.0)])
+    runner.open(1, ["good morning", ("kitchen", 2.0)])
+    runner.open(2, ["good morning"])
+    trees = runner.table.keyterms.trees
+    assert trees[0] is trees[1] and trees[2] is not trees[0]
+    assert runner.keyterm_count(0) == 2 and runner.keyterm_count(2) == 1
+
+
+@pytest.mark.parametrize("terms, params, match", [
+    (["a"] * 1001, BoostingParams(), "at most 1000 key terms"),
+    (["  "], BoostingParams(), "key term 0 is empty"),
+    ("hello", BoostingParams(), "must be a list"),
+    ([42], BoostingParams(), "key term 0 must be a string"),
+    ([["hello", 2.0, 3]], BoostingParams(), "key term 0 must be a string"),
+    (["x" * 201], BoostingParams(), "longer than 200"),
+    (["hello " * 12], BoostingParams(), "at most 32 per key term"),
+    (["HELLO"], BoostingParams(), "cannot be spelled"),
+    (["<EOU>"], BoostingParams(), "cannot be spelled"),
+    ([("hello", -1.0)], BoostingParams(), "weight must be a number"),
+    ([("hello", float("nan"))], BoostingParams(), "weight must be a number"),
+    (["hello"], BoostingParams(context_score=0.0), "context_score"),
+    (["hello"], BoostingParams(depth_scaling=0.5), "depth_scaling"),
+    (["hello"], BoostingParams(alpha=1e9), "alpha"),
+])
+def test_limits_and_bad_lists_raise_keyterm_error(terms, params, match) -> None:
+    _, model, ref = small_case()
+    runner = Runner(model, 2)
+    with pytest.raises(KeytermError, match=match):
+        runner.open(1, terms, params)
+    assert not runner.ready(1)  # the slot was not opened
+    runner.open(1, ["good morning"])
+    with pytest.raises(KeytermError, match=match):
+        runner.set_keyterms(1, terms, params)
+    assert runner.keyterm_count(1) == 1  # the old list stays
+
+
+def test_limits_are_per_runner() -> None:
+    _, model, _ = small_case()
+    runner = Runner(model, 1, max_keyterms=2, max_keyterm_tokens=4)
+    with pytest.raises(KeytermError, match="at most 2 key terms"):
+        runner.open(0, ["good", "morning", "kitchen"])
+    with pytest.raises(KeytermError, match="at most 4 per key term"):
+        runner.open(0, ["temperature degrees"])
+    runner.open(0, ["good", "morning"])

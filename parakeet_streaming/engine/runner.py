@@ -105,8 +105,9 @@ class Runner:
         try:
             key = (tuple(k if isinstance(k, (str, Keyterm)) else tuple(k) for k in keyterms), boosting)
             hash(key)
-        except TypeError:
-            raise KeytermError("key terms must be a list of strings or (text, weight) pairs") from None
+        except TypeError:  # not a list of hashable items: compile_keyterms says what is wrong
+            return compile_keyterms(self.model.tokenizer, keyterms, boosting, self.max_keyterms,
+                                    self.max_keyterm_tokens)
         if key in self._trees:
             self._trees.move_to_end(key)
             return self._trees[key]

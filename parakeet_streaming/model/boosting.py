@@ -179,7 +179,7 @@ class _Tokenizer(Protocol):
 def _keyterm(item: str | Keyterm | tuple, i: int) -> Keyterm:
     if isinstance(item, str):
         item = Keyterm(item)
-    elif isinstance(item, tuple) and len(item) == 2:
+    elif isinstance(item, (tuple, list)) and len(item) == 2:
         item = Keyterm(*item)
     if not isinstance(item, Keyterm) or not isinstance(item.text, str):
         raise KeytermError(f"key term {i} must be a string or a (text, weight) pair")
