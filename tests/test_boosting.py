@@ -248,6 +248,13 @@ def test_no_leak_between_streams_or_across_slot_reuse() -> None:
     while runner.ready(0):
         out += runner.step([0])[0].token_ids
     assert out == streams[2]["offline_tokens"]
+    runner.restart(0)  # a new segment keeps the list
+    runner.push(0, samples)
+    runner.finish(0)
+    out = []
+    while runner.ready(0):
+        out += runner.step([0])[0].token_ids
+    assert out == streams[2]["offline_tokens"]
     runner.open(0, *keyterms_of(streams[2]))
     runner.set_keyterms(0, None)
     runner.push(0, samples)

@@ -90,6 +90,13 @@ class Runner:
         self.table.reset(slot)
         self.table.keyterms.set(slot, tree)
 
+    def restart(self, slot: int) -> None:
+        """A fresh stream in an open slot (new audio, model state from scratch) that keeps its key
+        terms: for a new segment after a flush."""
+        self._cursor(slot)
+        self._cursors[slot] = _Cursor(SampleBuffer(self.model.config.features, self._reach))
+        self.table.reset(slot)
+
     def set_keyterms(self, slot: int, keyterms: Keyterms | None, boosting: BoostingParams = BoostingParams()) -> None:
         """Replace an open stream's key terms (None or [] removes them); matching restarts from the
         next decoded token. Raises KeytermError and keeps the old list if the new one is unusable."""

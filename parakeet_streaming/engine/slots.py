@@ -40,7 +40,7 @@ class SlotTable:
         self.dec.c[:, slot] = self._sos.c[:, 0]
         self.dec.g[slot] = self._sos.g[0]
         self.mel_ctx[slot].zero_()
-        self.keyterms.set(slot, None)
+        self.keyterms.state[slot] = 0  # back to the root of the slot's tree (the tree is the Runner's to set)
 
     def gather(self, idx: Tensor) -> tuple[DecoderState, Tensor]:
         """Decoder state and mel context of some slots (small; the encoder state is used in place)."""
