@@ -190,6 +190,9 @@ async def test_two_replicas_spread_streams_with_the_tokens_of_one_server(proxy_p
     replicas = [s.replica for s in streams]
     assert None not in replicas and len(set(replicas)) == 2, replicas
     assert sorted(replicas.count(r) for r in set(replicas)) == [SLOTS, SLOTS]
+    with urllib.request.urlopen(f"http://127.0.0.1:{proxy_port}/readyz", timeout=10) as r:
+        assert r.status == 200 and json.loads(r.read()) == {"status": "ready"}
+        assert r.headers[INSTANCE_HEADER] in replicas
 
     async def run(stream: Stream) -> list[dict]:
         await stream.send(speech, final=True)

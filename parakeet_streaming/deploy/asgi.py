@@ -46,12 +46,18 @@ def asgi_app(ctx: ServerContext, instance: str | None = None) -> ASGIApp:
     return app
 
 
-def request_of(scope: Scope) -> Request:
-    """The connection's path below the mount point (that picks the protocol), query and headers."""
-    query = scope.get("query_string", b"").decode("latin-1")
-    path, root = scope["path"], scope.get("root_path", "")
-    if root and path.startswith(root):  # servers that keep the mount prefix in `path` (Starlette >= 0.33)
+def local_path(scope: Scope) -> str:
+    """The path below the mount point: the one that picks the protocol or the route."""
+    path, root = scope["path"], scope.get("root_path", "").rstrip("/")
+    if root and (path == root or path.startswith(root + "/")):  # the prefix stays in `path` (ASGI spec)
         path = path[len(root):] or "/"
+    return path
+
+
+def request_of(scope: Scope) -> Request:
+    """The connection's path below the mount point, query and headers."""
+    query = scope.get("query_string", b"").decode("latin-1")
+    path = local_path(scope)
     headers = Headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers", []))
     return Request(path + (f"?{query}" if query else ""), headers, "asgi")
 
@@ -96,7 +102,7 @@ async def _websocket(ctx: ServerContext, scope: Scope, receive: Receive, send: S
 
 
 async def _http(ctx: ServerContext, scope: Scope, send: SendASGI, extra: list[tuple[bytes, bytes]]) -> None:
-    path, method = scope["path"], scope["method"]
+    path, method = local_path(scope), scope["method"]
     if method not in ("GET", "HEAD"):
         status, ctype, body = 405, "application/json", _json({"error": "method not allowed"})
     elif path == "/healthz":

@@ -1,0 +1,118 @@
+"""parakeet_streaming/deploy/asgi.py mounted in a user's Starlette app under uvicorn, over real
+sockets: the mount prefix is stripped before the protocol is picked, a stream gives the tokens of the
+websockets port for the same engine, the probes and metrics answer, an unknown path is a 404 and
+every response names the instance. Skipped without uvicorn and starlette (they come with ray[serve])."""
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import numpy as np
+import pytest
+
+uvicorn = pytest.importorskip("uvicorn", reason="uvicorn is not installed (it comes with ray[serve])")
+routing = pytest.importorskip("starlette.routing", reason="starlette is not installed (it comes with ray[serve])")
+from starlette.applications import Starlette  # noqa: E402
+from websockets.asyncio.client import connect  # noqa: E402
+from websockets.exceptions import ConnectionClosed  # noqa: E402
+
+from parakeet_streaming.config import ServerConfig  # noqa: E402
+from parakeet_streaming.deploy.asgi import INSTANCE_HEADER, asgi_app  # noqa: E402
+from parakeet_streaming.server.context import ModelInfo, ServerContext  # noqa: E402
+from server_helpers import (TIMEOUT, chunks, engine_factory, pcm16_b64, running_server, tokens_of,  # noqa: E402, F401
+                            transcribe_over)
+
+
+@asynccontextmanager
+async def mounted(ctx: ServerContext, instance: str) -> AsyncIterator[int]:
+    """A user's Starlette app with the ASGI app at /asr, served by uvicorn on a free loopback port."""
+    app = Starlette(routes=[routing.Mount("/asr", app=asgi_app(ctx, instance))])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not task.done(), "uvicorn did not start"
+        await asyncio.sleep(0.02)
+    try:
+        yield server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
+
+
+def http_get(url: str) -> tuple[int, dict, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+async def stream_over(url: str, samples: np.ndarray) -> tuple[dict, list[dict], str | None]:
+    async with connect(url, open_timeout=TIMEOUT) as ws:
+        hello = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+        for part in chunks(samples):
+            await ws.send(json.dumps({"type": "audio", "data": pcm16_b64(part)}))
+        await ws.send(json.dumps({"type": "audio", "data": "", "final": True}))
+        messages = []
+        try:
+            while True:
+                messages.append(json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)))
+        except ConnectionClosed:
+            pass
+        return hello, messages, ws.response.headers.get(INSTANCE_HEADER)
+
+
+async def test_mounted_asgi_app_serves_streams_probes_and_metrics(engine_factory, speech):
+    engine, model = engine_factory(2)
+    async with running_server(engine, model) as reference:
+        expected = tokens_of(await transcribe_over(reference, "ws", speech))
+    ctx = ServerContext(engine, ServerConfig(max_num_streams=2), ModelInfo.of(model))
+    ctx.metrics.watch(ctx)
+    async with mounted(ctx, "replica-a") as port:
+        hello, messages, instance = await stream_over(f"ws://127.0.0.1:{port}/asr/", speech)
+        assert hello["type"] == "hello" and instance == "replica-a"
+        assert messages[-1]["type"] == "result" and messages[-1]["is_final"]
+        assert tokens_of(messages) == expected
+
+        status, headers, body = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/asr/readyz")
+        assert (status, json.loads(body)) == (200, {"status": "ready"})
+        assert headers.get(INSTANCE_HEADER) == "replica-a"
+        status, _, body = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/asr/healthz")
+        assert status == 200
+        status, headers, body = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/asr/metrics")
+        assert status == 200 and headers["content-type"].startswith("text/plain")
+        assert "parakeet_streams_opened_total 2.0" in body.decode()  # the reference stream and this one
+        status, _, _ = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/asr/nope")
+        assert status == 404
+
+        ctx.draining = True  # readiness is the context's: a draining server is not ready
+        status, _, body = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/asr/readyz")
+        assert (status, json.loads(body)) == (503, {"status": "draining"})
+        async with connect(f"ws://127.0.0.1:{port}/asr/", open_timeout=TIMEOUT) as ws:
+            refused = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+        assert refused["type"] == "error" and refused["code"] == "shutting_down"
+
+
+async def test_deepgram_path_below_the_mount(engine_factory, speech):
+    """/asr/v1/listen speaks Deepgram: the prefix is not part of the path that picks the protocol."""
+    engine, model = engine_factory(2)
+    ctx = ServerContext(engine, ServerConfig(max_num_streams=2), ModelInfo.of(model))
+    async with mounted(ctx, "replica-b") as port:
+        url = f"ws://127.0.0.1:{port}/asr/v1/listen?encoding=linear16&sample_rate=16000"
+        async with connect(url, open_timeout=TIMEOUT) as ws:
+            pcm = np.clip(np.round(speech * 32768), -32768, 32767).astype("<i2").tobytes()
+            for i in range(0, len(pcm), 5120):
+                await ws.send(pcm[i:i + 5120])
+            await ws.send(json.dumps({"type": "CloseStream"}))
+            messages = []
+            try:
+                while True:
+                    messages.append(json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)))
+            except ConnectionClosed:
+                pass
+    assert messages[-1]["type"] == "Metadata", messages[-2:]
+    assert any(m["type"] == "Results" for m in messages)
