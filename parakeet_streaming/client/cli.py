@@ -1,8 +1,10 @@
-"""`parakeet-client stream FILE|--mic --url ws://...`: stream audio and print the transcript live.
+"""`parakeet-client stream FILE|--mic [--url ws://... | --tcp HOST:PORT]`: stream audio and print the
+transcript live.
 
-On a terminal the current utterance's partial text is rewritten in place on one line (with a
-progress bar for files); finished utterances and the final transcript are printed as lines below.
-Piped, only the lines are printed. `--json` prints every server message as one JSON line instead.
+On a terminal the current utterance's partial text is rewritten in place on one line (after a
+progress bar for files, which stays whole however long the text grows); finished utterances and the
+final transcript are printed as lines below. Piped, only the lines are printed. `--json` prints
+every server message as one JSON line instead.
 """
 from __future__ import annotations
 
@@ -15,11 +17,12 @@ import signal
 import sys
 from typing import Callable, Sequence, TextIO
 
-from websockets.exceptions import WebSocketException
+from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus, WebSocketException
 
 from parakeet_streaming.client.aio import StreamingClient, StreamMessage
-from parakeet_streaming.client.audio import AudioError, load_audio
-from parakeet_streaming.client.messages import ClientError, Eou, Error, Hello, Result, ServerError
+from parakeet_streaming.client.audio import AudioError, PcmEncoder, load_audio
+from parakeet_streaming.client.messages import (ClientError, Eou, Error, Hello, ProtocolViolation, Result,
+                                                ServerError, StreamClosed, parse_message)
 
 EXIT_ERROR, EXIT_USAGE = 1, 2
 
@@ -31,10 +34,13 @@ class Display:
         self.out, self.live = out, live
         self._status = ""
 
-    def status(self, text: str) -> None:
+    def status(self, text: str, prefix: str = "") -> None:
+        """`prefix` (the progress bar) is kept whole; a `text` too long for the line keeps its end."""
         if self.live:
-            width = shutil.get_terminal_size((80, 24)).columns - 1
-            self._status = text if len(text) <= width else "…" + text[len(text) - width + 1:]
+            room = shutil.get_terminal_size((80, 24)).columns - 1 - len(prefix)
+            if len(text) > room:
+                text = "…" + text[len(text) - room + 1:] if room > 1 else ""
+            self._status = prefix + text
             self.out.write("\r\x1b[K" + self._status)
             self.out.flush()
 
@@ -85,7 +91,7 @@ class Printer:
             self.display.line(f"error {msg.code}: {msg.message}")
 
     def _redraw(self) -> None:
-        self.display.status(self.progress + self.text[len(self.committed):].strip())
+        self.display.status(self.text[len(self.committed):].strip(), prefix=self.progress)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,7 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     src = st.add_mutually_exclusive_group(required=True)
     src.add_argument("file", nargs="?", help="WAV file (any rate; resampled to the server's)")
     src.add_argument("--mic", action="store_true", help="stream the microphone until Ctrl-C (needs [mic] extra)")
-    st.add_argument("--url", default="ws://localhost:8000", help="server WebSocket URL (default: %(default)s)")
+    st.add_argument("--url", default="ws://localhost:8000",
+                    help="server WebSocket URL: its --ws-port (default: %(default)s)")
+    st.add_argument("--tcp", nargs="?", const="localhost:8765", default=None, metavar="HOST:PORT",
+                    help="stream over the raw TCP port instead (newline-delimited JSON; default address: "
+                    "%(const)s)")
     st.add_argument("--json", action="store_true", help="print every server message as a JSON line")
     st.add_argument("--speed", type=float, default=1.0, help="file pace: 1 = real time, 0 = as fast as possible")
     st.add_argument("--chunk-ms", type=int, default=100, help="audio per message (default: %(default)s)")
@@ -120,7 +130,7 @@ async def _stream(args: argparse.Namespace, out: TextIO, audio: tuple | None) ->
         text = await _stream_mic(args, on_message, out)
     else:
         samples, rate = audio
-        async with StreamingClient(args.url, sample_rate=rate, api_key=_api_key(args)) as client:
+        async with _client(args, rate) as client:
             _print_hello(client.hello, args.json, out)
             transcript = await client.transcribe(samples, speed=args.speed, chunk_ms=args.chunk_ms,
                                                  on_message=on_message,
@@ -142,7 +152,7 @@ async def _stream_mic(args: argparse.Namespace, on_message: Callable[[StreamMess
     loop.add_signal_handler(signal.SIGINT, stop.set)
     print("listening; Ctrl-C to finish", file=sys.stderr)
     try:
-        async with StreamingClient(args.url, sample_rate=mic.sample_rate, api_key=_api_key(args)) as client:
+        async with _client(args, mic.sample_rate) as client:
             _print_hello(client.hello, args.json, out)
             sender = asyncio.create_task(client.stream_from(mic.blocks(stop)))
             text = ""
@@ -157,6 +167,90 @@ async def _stream_mic(args: argparse.Namespace, on_message: Callable[[StreamMess
             return text
     finally:
         loop.remove_signal_handler(signal.SIGINT)
+
+
+def _client(args: argparse.Namespace, rate: int) -> StreamingClient:
+    if args.tcp is not None:
+        return TcpStreamingClient(args.tcp, sample_rate=rate, api_key=_api_key(args))
+    return StreamingClient(args.url, sample_rate=rate, api_key=_api_key(args))
+
+
+class _TcpLink:
+    """The raw TCP port (one JSON message per line) behind the face StreamingClient uses of a
+    WebSocket connection: send(text), recv() -> text, close(); ConnectionClosed at the end."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def send(self, data: str | bytes) -> None:
+        if isinstance(data, bytes):
+            raise TypeError("the TCP port takes JSON lines only")
+        self.writer.write(data.encode() + b"\n")
+        await self.writer.drain()
+
+    async def recv(self) -> str:
+        try:
+            line = await self.reader.readline()
+        except ConnectionError:
+            line = b""
+        if not line:
+            raise ConnectionClosed(None, None)
+        return line.decode()
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except ConnectionError:
+            pass
+
+
+class TcpStreamingClient(StreamingClient):
+    """StreamingClient over the raw TCP port: the API key goes as the first line (`auth`), audio as
+    base64 JSON (TCP has no binary messages)."""
+
+    def __init__(self, address: str, *, sample_rate: int | None = None, api_key: str | None = None,
+                 open_timeout: float = 10.0) -> None:
+        super().__init__(f"tcp://{address}", sample_rate=sample_rate, binary=False, open_timeout=open_timeout)
+        self._address, self._api_key = address, api_key
+
+    async def connect(self) -> Hello:
+        host, _, port = self._address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ClientError(f"--tcp {self._address}: expected HOST:PORT, e.g. localhost:8765")
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port), limit=1 << 24),
+                                                self._open_timeout)
+        self._ws = _TcpLink(reader, writer)  # type: ignore[assignment]
+        if self._api_key:
+            await self.send_message({"type": "auth", "token": self._api_key})
+        try:
+            first = await asyncio.wait_for(self._ws.recv(), self._open_timeout)
+        except ConnectionClosed as exc:
+            await self.close()
+            raise StreamClosed("the server closed the connection before hello") from exc
+        msg = parse_message(first)
+        if not isinstance(msg, Hello):
+            await self.close()
+            if isinstance(msg, Error):
+                raise msg.exception()
+            raise ProtocolViolation(f"expected hello, got {first!r}")
+        self._hello = msg
+        self.sample_rate = self.sample_rate or msg.sample_rate
+        self._encoder = PcmEncoder(self.sample_rate, msg.sample_rate)
+        return msg
+
+
+def _wrong_port_hint(exc: Exception, args: argparse.Namespace) -> str:
+    """What a handshake failure most likely means: the HTTP or the TCP port instead of the WebSocket one."""
+    if isinstance(exc, InvalidStatus):
+        return (f"{args.url} answered HTTP {exc.response.status_code}, not a WebSocket upgrade: is that the "
+                "server's HTTP port (--http-port, default 8080)? Stream to its WebSocket port (--ws-port, "
+                "default 8000), e.g. --url ws://localhost:8000")
+    if isinstance(exc, InvalidMessage):
+        return (f"{args.url} did not answer as a WebSocket server: is that the server's raw TCP port "
+                "(--port, default 8765)? Use --tcp HOST:PORT for it, or --url ws://HOST:8000 for the "
+                "WebSocket port")
+    return str(exc)
 
 
 def _api_key(args: argparse.Namespace) -> str | None:
@@ -191,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"parakeet-client: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (OSError, WebSocketException) as exc:  # connection refused, bad URL, handshake failed
-        print(f"parakeet-client: {exc}", file=sys.stderr)
+        print(f"parakeet-client: {_wrong_port_hint(exc, args)}", file=sys.stderr)
         return EXIT_ERROR
 
 
