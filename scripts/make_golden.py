@@ -867,7 +867,9 @@ def kt_pick(model, enc, n: int, base: list[int], spec: dict, used: set[str], out
             if tokens == base or (spec.get("deep") and not phrases and deepest < 2):
                 continue
         tokens, gap, deepest = kt_margins(model, enc, n, trial)
-        if gap >= KT_MIN_GAP and (deepest >= 2 or not spec.get("deep")) and (len(trial["phrases"]) < want or (tokens != base and tokens not in outputs)):
+        complete = len(trial["phrases"]) == want
+        if gap >= KT_MIN_GAP and (deepest >= 2 or not spec.get("deep")) \
+                and (not complete or (tokens != base and tokens not in outputs)):
             phrases.append(cand)
     assert len(phrases) == want, f"only {len(phrases)} usable phrases for {spec}"
     used.update(phrases)

@@ -274,6 +274,10 @@ def test_same_list_compiles_once_and_is_shared() -> None:
     trees = runner.table.keyterms.trees
     assert trees[0] is trees[1] and trees[2] is not trees[0]
     assert runner.keyterm_count(0) == 2 and runner.keyterm_count(2) == 1
+    # A tree compiled elsewhere (a transport thread) is taken as it is.
+    tree = runner.compile_keyterms(["kitchen window"])
+    runner.set_keyterms(2, tree)
+    assert runner.table.keyterms.trees[2] is tree and runner.compile_keyterms(["kitchen window"]) is tree
 
 
 @pytest.mark.parametrize("terms, params, match", [

@@ -15,7 +15,6 @@ with `set_keyterms`; compiled trees are cached by list, so streams with the same
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -25,12 +24,11 @@ import torch
 from parakeet_streaming.engine.slots import PRE_ENCODE_CACHE, SlotTable
 from parakeet_streaming.model.asr import ASRModel
 from parakeet_streaming.model.boosting import (MAX_KEYTERM_TOKENS, MAX_KEYTERMS, BoostingParams, BoostingTree,
-                                               Keyterm, KeytermError, compile_keyterms)
+                                               Keyterm, KeytermCompiler)
 from parakeet_streaming.model.frontend import SampleBuffer
 
 DROP_PRE_ENCODED = 2  # subsampled frames that only the pre-encode context produced
-TREE_CACHE = 64  # compiled key-term lists kept for reuse
-Keyterms = Sequence["str | Keyterm | tuple[str, float]"]
+Keyterms = Sequence[str | Keyterm | tuple[str, float]]
 
 
 @dataclass
@@ -65,8 +63,7 @@ class Runner:
     def __init__(self, model: ASRModel, num_slots: int, device: str | torch.device = "cpu",
                  max_keyterms: int = MAX_KEYTERMS, max_keyterm_tokens: int = MAX_KEYTERM_TOKENS) -> None:
         self.model = model.to(device)
-        self.max_keyterms, self.max_keyterm_tokens = max_keyterms, max_keyterm_tokens
-        self._trees: OrderedDict[tuple, BoostingTree | None] = OrderedDict()
+        self.compile_keyterms = KeytermCompiler(model.tokenizer, max_keyterms, max_keyterm_tokens)
         self.device = torch.device(device)
         self.dtype = next(model.encoder.parameters()).dtype
         self.table = SlotTable(model, num_slots, self.device, self.dtype)
@@ -83,9 +80,11 @@ class Runner:
         self.last_encoder_output: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     # ---- per-slot bookkeeping ------------------------------------------------------------
-    def open(self, slot: int, keyterms: Keyterms | None = None, boosting: BoostingParams = BoostingParams()) -> None:
-        """Start a stream in `slot`, optionally with key terms (raises KeytermError, leaving the slot as it was)."""
-        tree = self.compile_keyterms(keyterms, boosting) if keyterms else None
+    def open(self, slot: int, keyterms: Keyterms | BoostingTree | None = None,
+             boosting: BoostingParams = BoostingParams()) -> None:
+        """Start a stream in `slot`, optionally with key terms: a list (compiled here; KeytermError
+        leaves the slot as it was) or a tree from `compile_keyterms` (compiled in another thread)."""
+        tree = self._tree(keyterms, boosting)
         self._cursors[slot] = _Cursor(SampleBuffer(self.model.config.features, self._reach))
         self.table.reset(slot)
         self.table.keyterms.set(slot, tree)
@@ -97,32 +96,21 @@ class Runner:
         self._cursors[slot] = _Cursor(SampleBuffer(self.model.config.features, self._reach))
         self.table.reset(slot)
 
-    def set_keyterms(self, slot: int, keyterms: Keyterms | None, boosting: BoostingParams = BoostingParams()) -> None:
+    def set_keyterms(self, slot: int, keyterms: Keyterms | BoostingTree | None,
+                     boosting: BoostingParams = BoostingParams()) -> None:
         """Replace an open stream's key terms (None or [] removes them); matching restarts from the
         next decoded token. Raises KeytermError and keeps the old list if the new one is unusable."""
         self._cursor(slot)
-        self.table.keyterms.set(slot, self.compile_keyterms(keyterms, boosting) if keyterms else None)
+        self.table.keyterms.set(slot, self._tree(keyterms, boosting))
+
+    def _tree(self, keyterms: Keyterms | BoostingTree | None, boosting: BoostingParams) -> BoostingTree | None:
+        if isinstance(keyterms, BoostingTree):
+            return keyterms
+        return self.compile_keyterms(keyterms, boosting) if keyterms else None
 
     def keyterm_count(self, slot: int) -> int:
         tree = self.table.keyterms.trees[slot]
         return 0 if tree is None else tree.num_phrases
-
-    def compile_keyterms(self, keyterms: Keyterms, boosting: BoostingParams = BoostingParams()) -> BoostingTree | None:
-        """Compile (or reuse) a key-term list for this model's vocabulary; raises KeytermError."""
-        try:
-            key = (tuple(k if isinstance(k, (str, Keyterm)) else tuple(k) for k in keyterms), boosting)
-            hash(key)
-        except TypeError:  # not a list of hashable items: compile_keyterms says what is wrong
-            return compile_keyterms(self.model.tokenizer, keyterms, boosting, self.max_keyterms,
-                                    self.max_keyterm_tokens)
-        if key in self._trees:
-            self._trees.move_to_end(key)
-            return self._trees[key]
-        tree = compile_keyterms(self.model.tokenizer, keyterms, boosting, self.max_keyterms, self.max_keyterm_tokens)
-        self._trees[key] = tree
-        if len(self._trees) > TREE_CACHE:
-            self._trees.popitem(last=False)
-        return tree
 
     def release(self, slot: int) -> None:
         self._cursors[slot] = None

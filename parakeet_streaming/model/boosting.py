@@ -26,7 +26,8 @@ per slot, and `BatchKeyterms` is the batched view the decoder reads and advances
 from __future__ import annotations
 
 import math
-from collections import deque
+import threading
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -221,6 +222,38 @@ def compile_keyterms(tokenizer: _Tokenizer, keyterms: Sequence[str | Keyterm | t
         phrases.append(ids)
         scores.append(params.context_score if kt.weight is None else kt.weight)
     return build_tree(phrases, scores, params.depth_scaling, tokenizer.vocab_size, params.alpha)
+
+
+class KeytermCompiler:
+    """compile_keyterms for one tokenizer and its limits, with a cache by list and parameters so that
+    streams with the same list share one tree. Thread-safe: a transport thread may compile a list
+    (and see its KeytermError) before the engine loop ever sees it."""
+
+    def __init__(self, tokenizer: _Tokenizer, max_keyterms: int = MAX_KEYTERMS,
+                 max_tokens: int = MAX_KEYTERM_TOKENS, cache_size: int = 64) -> None:
+        self.tokenizer, self.max_keyterms, self.max_tokens = tokenizer, max_keyterms, max_tokens
+        self._cache: OrderedDict[tuple, BoostingTree | None] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def __call__(self, keyterms: Sequence[str | Keyterm | tuple], params: BoostingParams = BoostingParams()
+                 ) -> BoostingTree | None:
+        try:
+            key = (tuple(k if isinstance(k, (str, Keyterm)) else tuple(k) for k in keyterms), params)
+            hash(key)
+        except TypeError:  # not a list of hashable items: compile_keyterms says what is wrong
+            key = None
+        with self._lock:
+            if key is not None and key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        tree = compile_keyterms(self.tokenizer, keyterms, params, self.max_keyterms, self.max_tokens)
+        if key is not None:
+            with self._lock:
+                self._cache[key] = tree
+                if len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        return tree
 
 
 # ------------------------------------------------------------------------------------------- device side
