@@ -287,3 +287,9 @@ def test_dummy_cache_dir_follows_the_environment(tmp_path, monkeypatch) -> None:
     assert cache_dir() == tmp_path / "xdg" / "parakeet-streaming" / "dummy"
     monkeypatch.setenv("PARAKEET_CACHE_DIR", str(tmp_path / "mine"))
     assert cache_dir() == tmp_path / "mine" / "dummy"
+
+
+def test_load_reports_its_phases(tiny_model, tmp_path) -> None:
+    phases: list[str] = []
+    load_model(str(write_nemo(tiny_model, tmp_path / "tiny.nemo")), on_phase=phases.append)
+    assert phases == ["reading the checkpoint", "moving the model to cpu (float32)"]

@@ -16,7 +16,7 @@ import io
 import logging
 import tarfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import yaml
@@ -34,16 +34,25 @@ class ModelLoadError(RuntimeError):
     """The model could not be loaded; the message says why and what to do."""
 
 
+Phase = Callable[[str], None]  # told each phase of a load as it starts ("reading the checkpoint", ...)
+
+
 def load_model(source: str, *, load_format: str = "auto", device: str = "cpu", dtype: str = "float32",
-               att_context_size: tuple[int, int] | None = None, revision: str | None = None) -> ASRModel:
+               att_context_size: tuple[int, int] | None = None, revision: str | None = None,
+               on_phase: Phase | None = None) -> ASRModel:
+    """The model `source` names, on `device` in `dtype`. `on_phase` hears each phase as it starts
+    (the server's /readyz reports it); every phase is also logged at info level with its details."""
+    phase = on_phase or (lambda _: None)
     if load_format == "dummy":
+        phase("building the dummy weights")
         log.info("building %s with dummy weights (the real architecture, random weights, no download)", source)
         model = build_dummy(source)
     elif load_format == "auto":
-        model = _load_real(source, revision)
+        model = _load_real(source, revision, phase)
     else:
         raise ModelLoadError(f"unknown load format {load_format!r} (use 'auto' or 'dummy')")
     model.set_att_context_size(att_context_size)
+    phase(f"moving the model to {device} ({dtype})")
     log.info("model %s: %.0fM parameters, on %s in %s", model.name, model.num_parameters() / 1e6, device, dtype)
     return set_precision(model.to(device=device), dtype).eval()
 
@@ -81,18 +90,23 @@ def _named(name: str) -> NamedModel:
     return NAMED_MODELS[name]
 
 
-def _load_real(source: str, revision: str | None) -> ASRModel:
+def _load_real(source: str, revision: str | None, phase: Phase) -> ASRModel:
     path = Path(source).expanduser()
     if path.is_file():
+        phase("reading the checkpoint")
         log.info("reading the checkpoint %s (%.0f MB)", path, path.stat().st_size / 1e6)
         return load_nemo_archive(path)
     if path.is_dir():
+        phase("reading the checkpoint")
         log.info("reading the checkpoint folder %s", path)
         return load_folder(path)
     if source.startswith("seed:"):
+        phase("downloading the checkpoint (or reading the cached one)")
         return _load_seed_download(source.removeprefix("seed:"), revision)
     if source in NAMED_MODELS:
+        phase("downloading the checkpoint (or reading the cached one)")
         file = download(source, revision)
+        phase("reading the checkpoint")
         log.info("reading the checkpoint %s (%.0f MB)", file, file.stat().st_size / 1e6)
         return load_nemo_archive(file, name=source)
     raise ModelLoadError(
