@@ -123,17 +123,15 @@ def build_tree(phrases: Sequence[Sequence[int]], token_scores: Sequence[float], 
             total[child] = total[node] + tscore[child]
             node = child
     n = len(children)
-    fail = [0] * n
-    order: list[int] = []  # breadth-first, the root excluded
-    queue = deque(children[0].values())
+    fail = [0] * n  # the root's children fall back to the root
+    queue = deque(children[0].values())  # breadth-first, so a node's fallback is known before its children's
     while queue:
         u = queue.popleft()
-        order.append(u)
         for t, c in children[u].items():
-            f = fail[u] if u else 0
+            f = fail[u]
             while f and t not in children[f]:
                 f = fail[f]
-            fail[c] = children[f][t] if u and t in children[f] else 0
+            fail[c] = children[f].get(t, 0)
             queue.append(c)
     w = np.array(tscore, np.float32)
     backoff = np.array([0.0 if is_end[s] else total[fail[s]] - total[s] for s in range(n)], np.float32)
