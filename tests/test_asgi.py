@@ -18,7 +18,7 @@ uvicorn = pytest.importorskip("uvicorn", reason="uvicorn is not installed (it co
 routing = pytest.importorskip("starlette.routing", reason="starlette is not installed (it comes with ray[serve])")
 from starlette.applications import Starlette  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
-from websockets.exceptions import ConnectionClosed  # noqa: E402
+from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
 
 from parakeet_streaming.config import ServerConfig  # noqa: E402
 from parakeet_streaming.deploy.asgi import INSTANCE_HEADER, asgi_app  # noqa: E402
@@ -114,5 +114,13 @@ async def test_deepgram_path_below_the_mount(engine_factory, speech):
                     messages.append(json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)))
             except ConnectionClosed:
                 pass
-    assert messages[-1]["type"] == "Metadata", messages[-2:]
-    assert any(m["type"] == "Results" for m in messages)
+        assert messages[-1]["type"] == "Metadata", messages[-2:]
+        assert any(m["type"] == "Results" for m in messages)
+
+        # Deepgram refuses a bad parameter before the upgrade, with its HTTP status and JSON body
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(f"ws://127.0.0.1:{port}/asr/v1/listen?encoding=opus", open_timeout=TIMEOUT):
+                pass
+        assert refused.value.response.status_code == 400
+        assert refused.value.response.headers.get(INSTANCE_HEADER) == "replica-b"
+        assert json.loads(refused.value.response.body)["err_code"]

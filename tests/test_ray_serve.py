@@ -30,7 +30,7 @@ ray = pytest.importorskip("ray", reason="ray[serve] is not installed (pip instal
 serve = pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install 'ray[serve]')")
 
 from websockets.asyncio.client import connect  # noqa: E402
-from websockets.exceptions import ConnectionClosed  # noqa: E402
+from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
 
 from conftest import GOLDEN, read_wav  # noqa: E402
 from parakeet_streaming.deploy.asgi import INSTANCE_HEADER  # noqa: E402
@@ -206,6 +206,11 @@ async def test_deepgram_protocol_through_the_proxy(proxy_port, speech, single_se
     deploy(num_replicas=2)
     text, instance = await deepgram_transcript(f"ws://127.0.0.1:{proxy_port}", speech)
     assert instance and text == single_server["deepgram"]
+    with pytest.raises(InvalidStatus) as refused:  # a bad parameter: Deepgram's 400 before the upgrade
+        async with connect(f"ws://127.0.0.1:{proxy_port}/v1/listen?encoding=opus", open_timeout=TIMEOUT):
+            pass
+    print("refused upgrade through the proxy:", refused.value.response.status_code, refused.value.response.body[:120])
+    assert refused.value.response.status_code == 400
 
 
 async def test_each_replicas_metrics_reach_rays_export(proxy_port, metrics_port, speech):

@@ -19,6 +19,7 @@ from websockets.datastructures import Headers
 
 from parakeet_streaming.server.context import ServerContext
 from parakeet_streaming.server.metrics import CONTENT_TYPE
+from parakeet_streaming.server.routes import UpgradeRefusal, upgrade_refusal
 from parakeet_streaming.server.session import Link, serve_connection
 from parakeet_streaming.server.wire import Request
 
@@ -66,6 +67,12 @@ async def _websocket(ctx: ServerContext, scope: Scope, receive: Receive, send: S
                      extra: list[tuple[bytes, bytes]]) -> None:
     if (await receive())["type"] != "websocket.connect":
         return
+    request = request_of(scope)
+    refusal = upgrade_refusal(request, ctx)
+    if refusal is not None:
+        ctx.metrics.refused(refusal.code)
+        await _deny(scope, send, refusal, extra)
+        return
     await send({"type": "websocket.accept", "headers": extra})
     closed = False
 
@@ -95,10 +102,23 @@ async def _websocket(ctx: ServerContext, scope: Scope, receive: Receive, send: S
     client = scope.get("client")
     peer = f"{client[0]}:{client[1]}" if client else "?"
     try:
-        await serve_connection(ctx, Link(recv, send_data, close, request_of(scope), peer))
+        await serve_connection(ctx, Link(recv, send_data, close, request, peer))
         await close(1000, "")
     except Exception:  # noqa: BLE001 - one connection must never take the server down
         log.exception("ASGI websocket connection failed")
+
+
+async def _deny(scope: Scope, send: SendASGI, refusal: UpgradeRefusal, extra: list[tuple[bytes, bytes]]) -> None:
+    """Refuse the upgrade with the protocol's HTTP status and body (the ASGI WebSocket Denial Response
+    extension); a server without it can only answer 403."""
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1008, "reason": refusal.code})
+        return
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in refusal.headers]
+    if not any(k == b"content-type" for k, _ in headers):
+        headers.append((b"content-type", b"text/plain; charset=utf-8"))
+    await send({"type": "websocket.http.response.start", "status": refusal.status, "headers": [*headers, *extra]})
+    await send({"type": "websocket.http.response.body", "body": refusal.body})
 
 
 async def _http(ctx: ServerContext, scope: Scope, send: SendASGI, extra: list[tuple[bytes, bytes]]) -> None:
