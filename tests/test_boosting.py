@@ -316,3 +316,39 @@ def test_limits_are_per_runner() -> None:
     with pytest.raises(KeytermError, match="at most 4 per key term"):
         runner.open(0, ["temperature degrees"])
     runner.open(0, ["good", "morning"])
+
+
+def test_many_distinct_lists_batched_equal_each_alone() -> None:
+    """Eight streams, each with its own list of 100 phrases (so eight trees pooled on the device), in a
+    batch of ten slots with two streams without lists, one stream released half-way: every stream
+    decodes exactly as it does alone."""
+    import random
+
+    model = model_for("large", 1)
+    samples = dict(np.load(GOLDEN / "large" / "ref_speech_R1.npz"))["samples"]
+    words = "hello world turn the lights off please what time is it open door good morning kitchen".split()
+    rng = random.Random(7)
+    pools = [rng.sample(words, 6) for _ in range(8)]
+    lists = [[" ".join(rng.choices(pool, k=rng.randint(1, 3))) for _ in range(100)] for pool in pools]
+    slots = [7, 2, 9, 0, 4, 1, 8, 3]
+    alone = {s: run(model, [(0, samples, terms, BoostingParams())])[0][0] for s, terms in zip(slots, lists)}
+    runner = Runner(model, 10)
+    for s, terms in zip(slots, lists):
+        runner.open(s, terms)
+    for s in (5, 6):
+        runner.open(s)
+    for s in range(10):
+        runner.push(s, samples)
+        runner.finish(s)
+    tokens = {s: [] for s in range(10)}
+    step = 0
+    while any(runner.ready(s) for s in range(10)):
+        for out in runner.step([s for s in range(10) if runner.ready(s)]):
+            tokens[out.slot] += out.token_ids
+        step += 1
+        if step == 20:
+            runner.release(6)  # its tree slot is gone from the pool; the others are unaffected
+    for s in slots:
+        assert tokens[s] == alone[s], s
+    plain = run(model, [(0, samples, [], BoostingParams())])[0][0]
+    assert tokens[5] == plain and len({tuple(t) for t in alone.values()}) > 1
