@@ -200,15 +200,16 @@ async def test_two_replicas_spread_streams_with_the_tokens_of_one_server(proxy_p
         assert final_tokens(messages) == single_server_tokens
 
 
-async def test_deepgram_protocol_through_the_proxy(proxy_port, speech, single_server):
+async def test_deepgram_and_realtime_protocols_through_the_proxy(proxy_port, speech, single_server):
     deploy(num_replicas=2)
     text, instance = await deepgram_transcript(f"ws://127.0.0.1:{proxy_port}", speech)
     assert instance and text == single_server["deepgram"]
     with pytest.raises(InvalidStatus) as refused:  # a bad parameter: Deepgram's 400 before the upgrade
         async with connect(f"ws://127.0.0.1:{proxy_port}/v1/listen?encoding=opus", open_timeout=TIMEOUT):
             pass
-    print("refused upgrade through the proxy:", refused.value.response.status_code, refused.value.response.body[:120])
     assert refused.value.response.status_code == 400
+    async with connect(f"ws://127.0.0.1:{proxy_port}/v1/realtime?intent=transcription", open_timeout=TIMEOUT) as ws:
+        assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))["type"] == "session.created"
 
 
 async def test_each_replicas_metrics_reach_rays_export(proxy_port, metrics_port, speech):
