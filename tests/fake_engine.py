@@ -28,6 +28,7 @@ class FakeEngine:
         self._lock = threading.Lock()
         self.aborted: list[int] = []
         self.endpointing: dict[int, int] = {}
+        self.keyterms: dict[int, object] = {}
         self.received: dict[int, list[np.ndarray]] = {}
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -83,6 +84,16 @@ class FakeEngine:
 
     def set_endpointing(self, stream_id: int, silence_ms: int) -> None:
         self.endpointing[stream_id] = silence_ms
+
+    def compile_keyterms(self, keyterms):
+        from parakeet_streaming.model.boosting import KeytermError
+
+        if any(not str(k).strip() for k in keyterms):
+            raise KeytermError("key term is empty")
+        return tuple(keyterms)
+
+    def set_keyterms(self, stream_id: int, compiled) -> None:
+        self.keyterms[stream_id] = compiled
 
     def _loop(self) -> None:
         while (cmd := self._inbox.get()) is not None:

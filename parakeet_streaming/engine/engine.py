@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from parakeet_streaming.engine.runner import Runner, StepOutput
 from parakeet_streaming.engine.stream import Stream
 from parakeet_streaming.engine.words import word_starts
 from parakeet_streaming.model.asr import ASRModel
+from parakeet_streaming.model.boosting import BoostingTree
 
 log = logging.getLogger("parakeet_streaming.engine")
 
@@ -67,6 +68,12 @@ class _Flush:
 class _SetEndpoint:
     stream_id: int
     silence_ms: int
+
+
+@dataclass
+class _SetKeyterms:
+    stream_id: int
+    tree: BoostingTree | None
 
 
 class _Stop:
@@ -149,6 +156,15 @@ class Engine:
     def set_endpointing(self, stream_id: int, silence_ms: int) -> None:
         """This stream's trailing-silence rule (0: off), with the server's signal and threshold."""
         self._inbox.put(_SetEndpoint(stream_id, silence_ms))
+
+    def compile_keyterms(self, keyterms: Sequence[Any]) -> BoostingTree | None:
+        """A key-term list compiled for this model, in the caller's thread (cached by list); raises
+        KeytermError. Pass the result to set_keyterms."""
+        return self.runner.compile_keyterms(keyterms)
+
+    def set_keyterms(self, stream_id: int, compiled: BoostingTree | None) -> None:
+        """This stream's key terms from now on (None: none); kept across flushes."""
+        self._inbox.put(_SetKeyterms(stream_id, compiled))
 
     def stats_snapshot(self) -> EngineStats:
         """A copy of the counters, safe to read from any thread (values may be one step stale)."""
@@ -244,6 +260,8 @@ class Engine:
             self._release(stream)
         elif isinstance(cmd, _SetEndpoint):
             self._set_endpoint(stream, cmd.silence_ms)
+        elif isinstance(cmd, _SetKeyterms):
+            self.runner.set_keyterms(stream.slot, cmd.tree)
         elif stream.defer(cmd):
             pass  # a flush is decoding: applied on the new segment
         elif isinstance(cmd, _Audio):
@@ -336,7 +354,7 @@ class Engine:
     def _new_segment(self, stream: Stream) -> None:
         """A flush is decoded: fresh model state for the slot, then the commands that waited."""
         backlog = stream.new_segment()
-        self.runner.open(stream.slot)
+        self.runner.restart(stream.slot)  # keeps the stream's key terms
         for cmd in backlog:
             self._apply(cmd)
 

@@ -47,7 +47,16 @@ class StreamFailed:
     message: str
 
 
-Event = Result | UtteranceEnd | StreamFailed
+@dataclass(frozen=True)
+class KeytermsRejected:
+    """A stream's new key-term list could not be used (KeytermError's message); the stream goes on
+    with the list it had."""
+
+    stream_id: int
+    message: str
+
+
+Event = Result | UtteranceEnd | StreamFailed | KeytermsRejected
 
 
 class ServerFull(Exception):

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from parakeet_streaming.engine.events import EngineStopped, Event, Result, ServerFull, StreamFailed
+from parakeet_streaming.engine.events import EngineStopped, Event, KeytermsRejected, Result, ServerFull, StreamFailed
 from parakeet_streaming.engine.interface import EngineAPI
+from parakeet_streaming.model.boosting import KeytermError
 
 SERVER_FULL, SHUTTING_DOWN = "server_full", "shutting_down"
 
@@ -52,6 +53,7 @@ class EngineStream:
         self._on_event = on_event or self._queue.put_nowait
         self._future: concurrent.futures.Future | None = None
         self._endpoint_ms: int | None = None
+        self._keyterms: Any = None  # compiled, waiting for the open
 
     # ---- commands ----------------------------------------------------------------------------
     def open(self) -> None:
@@ -62,6 +64,8 @@ class EngineStream:
         self._future.add_done_callback(self._opened)
         if self._endpoint_ms is not None:
             self.engine.set_endpointing(self.stream_id, self._endpoint_ms)
+        if self._keyterms is not None:
+            self.engine.set_keyterms(self.stream_id, self._keyterms)
 
     async def wait_open(self) -> None:
         self.open()
@@ -91,6 +95,19 @@ class EngineStream:
             self.engine.set_endpointing(self.stream_id, silence_ms)
         else:
             self._endpoint_ms = silence_ms  # ahead of any audio, once the stream opens
+
+    def set_keyterms(self, keyterms: Sequence[Any]) -> None:
+        """This stream's key terms ([] removes them). The list is compiled here, on the loop; a bad
+        one is reported as a KeytermsRejected event and the stream keeps its previous list."""
+        try:
+            compiled = self.engine.compile_keyterms(keyterms) if keyterms else None
+        except KeytermError as exc:
+            self._on_event(KeytermsRejected(self.stream_id, str(exc)))
+            return
+        if self.opened:
+            self.engine.set_keyterms(self.stream_id, compiled)
+        else:
+            self._keyterms = compiled  # ahead of any audio, once the stream opens
 
     def abort(self) -> None:
         """Free the slot (harmless before the open resolves: the abort follows it in the inbox)."""

@@ -12,12 +12,12 @@ import numpy as np
 
 from parakeet_streaming import audio
 from parakeet_streaming.config import ServerConfig
-from parakeet_streaming.engine.events import Event, Result, StreamFailed, UtteranceEnd
+from parakeet_streaming.engine.events import Event, KeytermsRejected, Result, StreamFailed, UtteranceEnd
 from parakeet_streaming.server import protocol as proto
 from parakeet_streaming.server.context import ModelInfo
 from parakeet_streaming.server.intake import AudioIntake
-from parakeet_streaming.server.wire import (OVERSIZED, Audio, Close, Endpointing, Finish, Flush, Message, Output,
-                                            Request, Send, State)
+from parakeet_streaming.server.wire import (OVERSIZED, Audio, Close, Endpointing, Finish, Flush, Keyterms, Message,
+                                            Output, Request, Send, State)
 
 log = logging.getLogger("parakeet_streaming.session")
 
@@ -50,6 +50,8 @@ class NativeStream:
         self._send(proto.hello(stream_id, rate, model=self.model.name, chunk_ms=self.model.chunk_ms))
         if self.options.endpoint_silence_ms is not None:  # from the URL; ahead of any audio
             self._out.append(Endpointing(self.options.endpoint_silence_ms))
+        if self.options.keyterms is not None:
+            self._out.append(Keyterms(self.options.keyterms))
 
     def refuse(self, code: str, message: str) -> None:
         self._send(proto.error(code, message, fatal=True))
@@ -88,6 +90,8 @@ class NativeStream:
             self.outcome = event.code
             self._send(proto.error(event.code, event.message, fatal=True))
             self._close()
+        elif isinstance(event, KeytermsRejected):  # the stream goes on with its previous key terms
+            self._send(proto.error(proto.BAD_CONFIG, f"keyterms: {event.message}"))
 
     def eof(self) -> None:
         if self.state is not State.FINISHING:
@@ -139,6 +143,8 @@ class NativeStream:
                 self.options.timestamps = msg.timestamps
             if msg.endpoint_silence_ms is not None and self.state is not State.FINISHING:
                 self._out.append(Endpointing(msg.endpoint_silence_ms))
+            if msg.keyterms is not None and self.state is not State.FINISHING:
+                self._out.append(Keyterms(msg.keyterms))
 
     def _on_audio(self, msg: proto.Audio) -> None:
         if self.state is State.FINISHING:

@@ -20,6 +20,7 @@ from parakeet_streaming.audio import ENCODINGS
 from parakeet_streaming.engine.events import Result, UtteranceEnd
 from parakeet_streaming.engine.handle import SERVER_FULL, SHUTTING_DOWN  # noqa: F401 - error codes too
 from parakeet_streaming.engine.words import Word
+from parakeet_streaming.model.boosting import MAX_KEYTERMS
 
 PROTOCOL_VERSION = 2  # 1 = the seed's messages; 2 = the Part B extensions
 
@@ -89,10 +90,11 @@ class Config:
 
     timestamps: bool | None = None
     endpoint_silence_ms: int | None = None
+    keyterms: tuple[str | tuple[str, float], ...] | None = None  # () removes the stream's key terms
 
 
 ClientMessage = Audio | Close | Ping | Flush | Config
-_CONFIG_KEYS = ("timestamps", "endpoint_silence_ms")
+_CONFIG_KEYS = ("timestamps", "endpoint_silence_ms", "keyterms")
 MAX_ENDPOINT_SILENCE_MS = 60_000
 
 _SIMPLE: dict[str, ClientMessage] = {"close": Close(), "ping": Ping(), "flush": Flush()}
@@ -153,9 +155,35 @@ def _parse_config(obj: dict[str, Any]) -> Config:
     if unknown:
         raise ProtocolError(BAD_CONFIG, f"unknown config option(s) {', '.join(unknown)} "
                             f"(known: {', '.join(_CONFIG_KEYS)})")
-    silence = obj.get("endpoint_silence_ms")
+    silence, keyterms = obj.get("endpoint_silence_ms"), obj.get("keyterms")
     return Config(timestamps=parse_flag("timestamps", obj.get("timestamps")),
-                  endpoint_silence_ms=None if silence is None else parse_silence_ms(silence))
+                  endpoint_silence_ms=None if silence is None else parse_silence_ms(silence),
+                  keyterms=None if keyterms is None else parse_keyterms(keyterms))
+
+
+def parse_keyterms(value: Any) -> tuple[str | tuple[str, float], ...]:
+    """`keyterms`: a list of phrases, each a string or {"text": ..., "weight": ...} (docs/keyterms.md).
+    Only the shape is checked here; the model's limits and spelling are checked when it is compiled."""
+    if not isinstance(value, list):
+        raise ProtocolError(BAD_CONFIG, "'keyterms' must be a list of strings or {\"text\", \"weight\"} objects")
+    if len(value) > MAX_KEYTERMS:
+        raise ProtocolError(BAD_CONFIG, f"'keyterms' has {len(value)} entries; at most {MAX_KEYTERMS}")
+    terms: list[str | tuple[str, float]] = []
+    for i, item in enumerate(value):
+        if isinstance(item, dict) and set(item) <= {"text", "weight"}:
+            text, weight = item.get("text"), item.get("weight")
+            if isinstance(text, str) and weight is None:
+                terms.append(text)
+                continue
+            if isinstance(text, str) and isinstance(weight, (int, float)) and not isinstance(weight, bool):
+                terms.append((text, float(weight)))
+                continue
+        elif isinstance(item, str):
+            terms.append(item)
+            continue
+        raise ProtocolError(BAD_CONFIG, f"'keyterms' entry {i} must be a string or an object "
+                            "{\"text\": string, \"weight\": number}")
+    return tuple(terms)
 
 
 def parse_silence_ms(value: Any) -> int:
@@ -185,14 +213,18 @@ class StreamOptions:
     sample_rate: int | None = None  # None: --sample-rate
     timestamps: bool = False  # results carry token_start_ms and words
     endpoint_silence_ms: int | None = None  # None: the server's endpointing
+    keyterms: tuple[str | tuple[str, float], ...] | None = None  # each `keyterms=` parameter is one phrase
 
 
 def options_from_query(path: str) -> StreamOptions:
     """`?encoding=mulaw&sample_rate=8000&timestamps=true&endpoint_silence_ms=300`; a bad value is a
     fatal ProtocolError (the connection is refused before hello)."""
-    query = {k: v[-1] for k, v in parse_qs(urlsplit(path).query).items()}
+    params = parse_qs(urlsplit(path).query)
+    query = {k: v[-1] for k, v in params.items()}
     opts = StreamOptions()
     try:
+        if "keyterms" in params:
+            opts.keyterms = parse_keyterms(params["keyterms"])
         if "encoding" in query:
             opts.encoding = _parse_encoding(query["encoding"]) or opts.encoding
         if "timestamps" in query:

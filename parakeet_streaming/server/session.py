@@ -23,7 +23,8 @@ from parakeet_streaming.server.context import ServerContext
 from parakeet_streaming.server.routes import protocol_for
 from parakeet_streaming.server.security import bearer_token
 from parakeet_streaming.server.wire import (OVERSIZED, Audio, Close, Endpointing, Finish, Flush,  # noqa: F401
-                                            Message, ProtocolFactory, Request, Send, State, StreamProtocol)
+                                            Keyterms, Message, ProtocolFactory, Request, Send, State,
+                                            StreamProtocol)
 
 log = logging.getLogger("parakeet_streaming.session")
 
@@ -168,6 +169,8 @@ class Session:
                 self.stream.finish()
             elif isinstance(out, Endpointing):
                 self.stream.set_endpointing(out.silence_ms)
+            elif isinstance(out, Keyterms):
+                self.stream.set_keyterms(out.terms)  # a bad list comes back as a KeytermsRejected event
         if wire:
             self._wake.put_nowait(None)
 

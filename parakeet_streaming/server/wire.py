@@ -2,7 +2,7 @@
 are method calls, outputs are drained in order with `outputs()` (python-websockets' core is the
 model). No sockets, no asyncio, no engine calls, no metrics; time is passed in (monotonic seconds).
 
-A protocol turns client messages into engine commands (`Audio`, `Flush`, `Finish`, `Endpointing`)
+A protocol turns client messages into engine commands (`Audio`, `Flush`, `Finish`, `Endpointing`, `Keyterms`)
 and wire messages (`Send`), engine events into wire messages, and ends with `Close`. The Session
 (server/session.py) runs it over any transport; server/native.py is the native protocol, and
 server/routes.py maps request paths to protocols. See docs/architecture.md, "Adding a wire protocol".
@@ -58,6 +58,14 @@ class Endpointing:
     silence_ms: int
 
 
+@dataclass(frozen=True)
+class Keyterms:
+    """The stream's key terms from now on (empty: none): strings or (text, weight) pairs, checked
+    for shape; the handle compiles them and answers a bad list with a KeytermsRejected event."""
+
+    terms: tuple[str | tuple[str, float], ...]
+
+
 # --- outputs: the wire ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class Send:
@@ -73,7 +81,7 @@ class Close:
     reason: str = ""
 
 
-Command = Audio | Flush | Finish | Endpointing
+Command = Audio | Flush | Finish | Endpointing | Keyterms
 Output = Command | Send | Close
 
 

@@ -1,0 +1,89 @@
+"""Key terms over real sockets: the native protocol's `keyterms` (config message and query parameter)
+change the streamed tokens exactly as NeMo's per-stream boosting says (tests/golden/keyterms), with
+the NeMo-saved small model behind the real engine and server."""
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from urllib.parse import urlencode
+
+import numpy as np
+import pytest
+from server_helpers import WsClient, chunks, finals, running_server, tokens_of
+
+from parakeet_streaming.engine.engine import Engine
+from parakeet_streaming.model.loader import load_model
+
+GOLDEN = Path(__file__).parent / "golden"
+CASE = GOLDEN / "keyterms" / "small_R1.json"
+
+if not CASE.exists():
+    pytest.skip("no key-term references (run scripts/make_golden.py --keyterms)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def golden():
+    doc = json.loads(CASE.read_text())
+    ref = dict(np.load(GOLDEN / "small" / "ref_speech_R1.npz"))
+    model = load_model(str(GOLDEN / "small" / "model.nemo"))
+    model.set_att_context_size((70, 1))
+    return doc, ref, model
+
+
+async def stream(app, samples: np.ndarray, path: str = "/", config: dict | None = None) -> list[dict]:
+    client = await WsClient.open(app, path)
+    hello = await client.recv()
+    assert hello["type"] == "hello", hello
+    if config is not None:
+        await client.send({"type": "config", **config})
+    for part in chunks(samples, 4000):
+        await client.send_audio(part)
+    await client.send({"type": "audio", "data": "", "final": True})
+    return await client.collect()
+
+
+def test_keyterms_over_websocket_match_nemo(golden) -> None:
+    doc, ref, model = golden
+    samples = ref["samples"]
+    default = doc["streams"][1]  # NeMo's default parameters, which the protocol uses
+    broad = doc["streams"][3]
+    assert default["context_score"] == 1.0 and default["depth_scaling"] == 2.0 and default["alpha"] == 1.0
+    engine = Engine(model, 4)
+    engine.start()
+
+    async def main() -> None:
+        async with running_server(engine, model) as app:
+            plain, boosted, by_query, bad = await asyncio.gather(
+                stream(app, samples),
+                stream(app, samples, config={"keyterms": default["keyterms"]}),
+                stream(app, samples, path="/?" + urlencode([("keyterms", k) for k in broad["keyterms"]])),
+                stream(app, samples, config={"keyterms": ["good morning", {"text": "HELLO", "weight": 2}]}),
+            )
+            assert tokens_of(plain) == ref["offline_tokens"].tolist()
+            assert tokens_of(boosted) == default["offline_tokens"] != tokens_of(plain)
+            assert tokens_of(by_query) == broad["offline_tokens"]
+            # A list the model cannot spell is refused with a non-fatal error; the stream goes on unboosted.
+            errors = [m for m in bad if m["type"] == "error"]
+            assert [e["code"] for e in errors] == ["bad_config"] and not errors[0]["fatal"]
+            assert "cannot be spelled" in errors[0]["message"]
+            assert tokens_of(bad) == tokens_of(plain) and len(finals(bad)) == 1
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.shutdown()
+
+
+def test_keyterms_shape_errors(golden) -> None:
+    from parakeet_streaming.server import protocol as proto
+
+    with pytest.raises(proto.ProtocolError, match="must be a list"):
+        proto.parse_object({"type": "config", "keyterms": "hello"})
+    with pytest.raises(proto.ProtocolError, match="entry 1 must be a string"):
+        proto.parse_object({"type": "config", "keyterms": ["a", {"text": "b", "weight": "x"}]})
+    with pytest.raises(proto.ProtocolError, match="at most 1000"):
+        proto.parse_object({"type": "config", "keyterms": ["a"] * 1001})
+    msg = proto.parse_object({"type": "config", "keyterms": ["a", {"text": "b", "weight": 2}, {"text": "c"}]})
+    assert msg.keyterms == ("a", ("b", 2.0), "c")
+    assert proto.options_from_query("/?keyterms=good+morning&keyterms=kitchen").keyterms == ("good morning", "kitchen")
