@@ -87,3 +87,32 @@ def test_keyterms_shape_errors(golden) -> None:
     msg = proto.parse_object({"type": "config", "keyterms": ["a", {"text": "b", "weight": 2}, {"text": "c"}]})
     assert msg.keyterms == ("a", ("b", 2.0), "c")
     assert proto.options_from_query("/?keyterms=good+morning&keyterms=kitchen").keyterms == ("good morning", "kitchen")
+
+
+def test_keyterms_survive_a_flush_and_leave_with_the_stream(golden) -> None:
+    _, ref, model = golden
+    engine = Engine(model, 2)
+    engine.start()
+    trees = engine.runner.table.keyterms.trees
+
+    async def main() -> None:
+        async with running_server(engine, model) as app:
+            client = await WsClient.open(app)
+            await client.recv()
+            await client.send({"type": "config", "keyterms": ["good morning"]})
+            await client.send_audio(ref["samples"][:16000])
+            await client.send({"type": "flush"})
+            while not ((msg := await client.recv())["type"] == "result" and msg.get("flushed")):
+                pass
+            await client.send_audio(ref["samples"][16000:48000])
+            while not ((msg := await client.recv())["type"] == "result" and msg["token_ids"]):
+                pass  # the new segment is decoding
+            assert [t.num_phrases for t in trees if t is not None] == [1]
+            await client.send({"type": "audio", "data": "", "final": True})
+            await client.collect()
+            assert all(t is None for t in trees)  # released with its stream
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.shutdown()
