@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -92,10 +93,58 @@ def test_the_start_says_what_it_loads_before_loading(tmp_path) -> None:
     proc = subprocess.Popen(CLI + ["serve", *PORTS, "--load-format", "dummy"], stderr=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, text=True, env=env)
     try:
-        first = proc.stderr.readline()
-        second = proc.stderr.readline()
+        lines = [proc.stderr.readline() for _ in range(3)]
     finally:
         proc.kill()
         proc.wait()
-    assert "starting with model small (dummy weights) on cpu (float32)" in first, first
-    assert "building small with dummy weights" in second and "no download" in second, second
+    assert "starting with model small (dummy weights) on cpu (float32)" in lines[0], lines
+    assert "is up: /healthz answers" in lines[1], lines
+    assert "building small with dummy weights" in lines[2] and "no download" in lines[2], lines
+
+
+def test_probes_answer_while_the_model_loads_and_a_signal_ends_the_load(tmp_path) -> None:
+    """The HTTP port is up before the model: /healthz 200, /readyz 503 "loading" with the phase,
+    transcriptions 503; here the load hangs in its download (a Hugging Face endpoint that never
+    answers), and SIGTERM ends the process at once with exit 0."""
+    import http.client
+    import json
+    import re
+    import signal
+
+    with socket.socket() as hub:  # accepts connections, never answers
+        hub.bind(("127.0.0.1", 0))
+        hub.listen(16)
+        env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{hub.getsockname()[1]}", "HF_HOME": str(tmp_path),
+               "HF_HUB_ETAG_TIMEOUT": "600", "HF_HUB_DOWNLOAD_TIMEOUT": "600"}
+        env.pop("HF_HUB_OFFLINE", None)
+        proc = subprocess.Popen(CLI + ["serve", *PORTS], stderr=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True, env=env)
+        try:
+            port = None
+            for line in proc.stderr:
+                if m := re.search(r"http 127\.0\.0\.1:(\d+) is up", line):
+                    port = int(m.group(1))
+                    break
+            assert port, "no 'http ... is up' line"
+
+            def get(path: str, method: str = "GET") -> tuple[int, dict]:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                conn.request(method, path)
+                resp = conn.getresponse()
+                return resp.status, json.loads(resp.read() or b"{}")
+
+            deadline = time.monotonic() + 60
+            while (ready := get("/readyz"))[1].get("phase") != "downloading the checkpoint (or reading the cached one)":
+                assert time.monotonic() < deadline, ready
+                time.sleep(0.2)
+            assert ready[0] == 503 and ready[1]["status"] == "loading"
+            assert get("/healthz") == (200, {"status": "ok"})
+            status, body = get("/v1/audio/transcriptions", "POST")
+            assert status == 503 and body["error"]["code"] == "model_loading"
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+            assert proc.stdout.read() == ""  # no banner: the streaming ports never opened
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

@@ -1,15 +1,20 @@
-"""The server process: load the model, start the engine and the listeners, drain on a signal."""
+"""The server process: the HTTP port first (probes answer during the load), then the model, the
+engine and the streaming listeners; drain on a signal."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import itertools
 import logging
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from parakeet_streaming.config import ServerConfig
+from parakeet_streaming.engine.events import EngineStats, EngineStopped
 from parakeet_streaming.engine.interface import EngineAPI
 from parakeet_streaming.server.context import ModelInfo, ServerContext
 from parakeet_streaming.server.http import HttpServer, serve_http
@@ -43,26 +48,51 @@ class App:
 
     async def start(self) -> None:
         """Open every listener; StartupError (and nothing left open) if a port cannot be bound."""
+        await self.start_http()
+        try:
+            await self.start_streaming()
+        except StartupError:
+            await self._http.close()
+            raise
+
+    async def start_http(self) -> None:
+        """The HTTP port alone: it can answer probes while the model loads."""
+        c = self.config
+        try:
+            self._http = await serve_http(self.ctx, c.host, c.http_port, self._ssl)
+        except OSError as exc:
+            raise StartupError(f"cannot listen on the HTTP port: {exc}") from exc
+        self.ports["http"] = self._http.port
+
+    async def start_streaming(self) -> None:
+        """The TCP, WebSocket and status listeners; StartupError (none left open) if one cannot bind."""
         c, tls = self.config, self._ssl
         try:
             self._servers["tcp"] = await serve_tcp(self.ctx, c.host, c.port, tls)
             self._servers["ws"] = await serve_ws(self.ctx, c.host, c.ws_port, tls)
             self._servers["status"] = await serve_status(self.ctx, c.host, c.status_port, tls)
-            self._http = await serve_http(self.ctx, c.host, c.http_port, tls)
         except OSError as exc:
             for server in self._servers.values():
                 server.close()
                 await asyncio.wait_for(server.wait_closed(), 5)
+            self._servers.clear()
             raise StartupError(f"cannot listen: {exc}") from exc
-        self.ports = {name: server.sockets[0].getsockname()[1] for name, server in self._servers.items()}
-        self.ports["http"] = self._http.port
+        self.ports.update({name: server.sockets[0].getsockname()[1] for name, server in self._servers.items()})
+
+    def attach(self, engine: EngineAPI, model: "ModelInfo") -> None:
+        """The loaded model's engine takes the place of the LoadingEngine; readiness follows it."""
+        self.engine = self.ctx.engine = engine
+        self.ctx.model = model
+        self.ctx.loading = None
 
     def stop_accepting(self) -> None:
         """Refuse new streams (readiness turns 503); open streams carry on, the HTTP port stays up."""
         self.ctx.draining = True
         for name in ("tcp", "status"):
-            self._servers[name].close()
-        self._servers["ws"].server.close()  # the listening socket only; connections stay open
+            if name in self._servers:
+                self._servers[name].close()
+        if "ws" in self._servers:
+            self._servers["ws"].server.close()  # the listening socket only; connections stay open
 
     async def drain(self, seconds: float) -> None:
         """Graceful shutdown: stop accepting, let open streams end on their own for up to `seconds`,
@@ -81,8 +111,9 @@ class App:
         if self.ctx.sessions:
             log.warning("%d streams did not finish within %.0f s; closing them", len(self.ctx.sessions),
                         drain_seconds)
-        self._servers["ws"].close()
-        await asyncio.wait_for(self._servers["ws"].wait_closed(), 5)
+        if "ws" in self._servers:
+            self._servers["ws"].close()
+            await asyncio.wait_for(self._servers["ws"].wait_closed(), 5)
         if self._http is not None:
             await self._http.close()
 
@@ -100,12 +131,58 @@ class App:
                 f"{'  (TLS)' if self._ssl else ''}{'  (API keys)' if self.ctx.auth.required else ''}")
 
 
-def load(config: ServerConfig) -> Any:
+def load(config: ServerConfig, on_phase: Any = None) -> Any:
     """The model the flags name (`--model` wins over `--model-size`)."""
     from parakeet_streaming.model.loader import load_model
 
     return load_model(config.model or config.model_size, load_format=config.load_format, device=config.device,
-                      dtype=config.dtype, att_context_size=config.att_context_size, revision=config.revision)
+                      dtype=config.dtype, att_context_size=config.att_context_size, revision=config.revision,
+                      on_phase=on_phase)
+
+
+class LoadingEngine:
+    """Stands in for the engine while the model loads (EngineAPI): no slots, no streams, empty stats.
+    Only the HTTP port is open then; its probes, metrics and routes see this."""
+
+    def __init__(self, max_num_streams: int) -> None:
+        self.max_num_streams = max_num_streams
+        self._ids = itertools.count()
+
+    phase = "warming_up"
+    num_active = 0
+    num_free = 0
+
+    def start(self) -> None:
+        pass
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        pass
+
+    def new_stream_id(self) -> int:
+        return next(self._ids)
+
+    def open_stream(self, sink: Any, stream_id: int | None = None) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        future.set_exception(EngineStopped("the model is still loading"))
+        return future
+
+    def send_audio(self, stream_id: int, samples: Any, final: bool = False) -> None:
+        pass
+
+    def finalize(self, stream_id: int) -> None:
+        pass
+
+    def flush(self, stream_id: int) -> None:
+        pass
+
+    def abort(self, stream_id: int) -> None:
+        pass
+
+    def set_endpointing(self, stream_id: int, silence_ms: int) -> None:
+        pass
+
+    def stats_snapshot(self) -> EngineStats:
+        return EngineStats()
 
 
 def build_engine(model: Any, config: ServerConfig) -> Any:
@@ -122,20 +199,73 @@ def app_for(model: Any, engine: EngineAPI, config: ServerConfig) -> App:
 
 
 async def serve(config: ServerConfig, model: Any | None = None) -> int:
-    """Run until SIGINT/SIGTERM, then drain; returns the exit code."""
-    Authenticator.from_config(config), ssl_context(config)  # bad flags fail before the model loads
-    model = model if model is not None else load(config)
-    engine = build_engine(model, config)
-    engine.start()
-    app = app_for(model, engine, config)
+    """Run until SIGINT/SIGTERM, then drain; returns the exit code. The HTTP port comes up first:
+    while the model loads, /healthz answers 200 and /readyz 503 {"status": "loading", "phase": ...};
+    a signal during the load ends the process at once."""
+    app = App(config, LoadingEngine(config.max_num_streams))  # bad key or TLS files fail here, before the load
+    app.ctx.loading = "starting"
+    stop = asyncio.create_task(_wait_for_signal())
+    await asyncio.sleep(0)  # the signal handlers are installed
+    await app.start_http()
+    log.info("http %s:%d is up: /healthz answers, /readyz says 'loading' until the model is ready",
+             config.host, app.ports["http"])
+    engine, drained = None, False
     try:
-        await app.start()
+        if model is None:
+            model = await _load_unless_stopped(config, app.ctx, stop)
+        if model is None:
+            log.info("stopped while loading the model")
+            return 0
+        engine = build_engine(model, config)
+        engine.start()
+        app.attach(engine, ModelInfo.of(model))
+        await app.start_streaming()
         print(app.banner(config.device), flush=True)
-        await _wait_for_signal()
+        await stop
         await app.drain(config.drain_seconds)
+        drained = True
     finally:
-        await asyncio.to_thread(engine.shutdown)
+        stop.cancel()
+        if not drained:  # stopped or failed during the start: close what is open
+            await app.stop(drain_seconds=0)
+        if engine is not None:
+            await asyncio.to_thread(engine.shutdown)
     return 0
+
+
+async def _load_unless_stopped(config: ServerConfig, ctx: ServerContext, stop: asyncio.Task) -> Any | None:
+    """The model, loaded on a daemon thread (a signal can end the process mid-load); None if stopped.
+    Each phase of the load shows in /readyz as it starts."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future = loop.create_future()
+
+    def phase(text: str) -> None:
+        try:
+            loop.call_soon_threadsafe(setattr, ctx, "loading", text)
+        except RuntimeError:  # the loop is gone
+            pass
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)
+
+    def work() -> None:
+        try:
+            outcome = (load(config, on_phase=phase), None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the loop, raised there
+            outcome = (None, exc)
+        try:
+            loop.call_soon_threadsafe(settle, *outcome)
+        except RuntimeError:  # the loop is gone: the server was stopped during the load
+            pass
+
+    threading.Thread(target=work, name="model-load", daemon=True).start()
+    await asyncio.wait({done, stop}, return_when=asyncio.FIRST_COMPLETED)
+    return done.result() if done.done() else None
 
 
 async def _wait_for_signal() -> None:

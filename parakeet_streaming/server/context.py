@@ -39,6 +39,7 @@ class ServerContext:
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     sessions: set["Session"] = field(default_factory=set)  # open connections (with or without a slot)
     draining: bool = False
+    loading: str | None = None  # while the model loads: the phase it is in (/readyz reports it)
 
     @property
     def connected_streams(self) -> int:
@@ -58,6 +59,8 @@ class ServerContext:
         """(ready for new streams, why not): the one place readiness is decided (/readyz)."""
         if self.draining:
             return False, "draining"
+        if self.loading is not None:
+            return False, "loading"
         phase = self.engine.phase
         if phase == "ready":
             return True, "ready"

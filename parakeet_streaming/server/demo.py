@@ -11,7 +11,8 @@ from aiohttp import web
 
 from parakeet_streaming.server.context import ServerContext
 
-_FILES = {"/demo.js": "application/javascript", "/capture-worklet.js": "application/javascript"}
+_FILES = {"/demo.js": "application/javascript", "/capture-worklet.js": "application/javascript",
+          "/favicon.svg": "image/svg+xml"}
 PUBLIC_PATHS = ("/", *_FILES)  # static content: no API key needed to load it (the WebSocket still asks)
 
 

@@ -39,7 +39,8 @@ def build_http_app(ctx: ServerContext) -> web.Application:
 
     async def readyz(request: web.Request) -> web.Response:
         ready, status = ctx.readiness()
-        return web.json_response({"status": status}, status=200 if ready else 503)
+        body = {"status": status} if ctx.loading is None else {"status": status, "phase": ctx.loading}
+        return web.json_response(body, status=200 if ready else 503)
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=ctx.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
@@ -58,6 +59,8 @@ def _auth_middleware(ctx: ServerContext):
         if request.path in PUBLIC_PATHS or ctx.auth.check(bearer_token(request.headers, request.path_qs)):
             return await handler(request)
         ctx.metrics.refused(proto.UNAUTHORIZED)
+        log.info("http %s %s refused: 401 unauthorized (%s)", request.method, request.path, request.remote,
+                 extra={"status": 401, "code": proto.UNAUTHORIZED})
         body = proto.error(proto.UNAUTHORIZED, "missing or wrong API key", fatal=True)
         return web.json_response(body, status=401, headers={"WWW-Authenticate": "Bearer"})
 

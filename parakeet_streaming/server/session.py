@@ -86,13 +86,19 @@ class Session:
         self._wire: deque[Send | Close] = deque()
         self._audio_s = 0.0
         self._started = time.monotonic()
+        self._refused = False
 
     @property
     def label(self) -> str:
         return f"{self.link.request.transport} {self.link.peer}"
 
+    def _log_refusal(self, code: str) -> None:
+        self._refused = True
+        log.info("stream %d refused: %s (%s)", self.stream.stream_id, code, self.label,
+                 extra={"stream_id": self.stream.stream_id, "code": code})
+
     async def refuse(self, code: str, message: str) -> None:
-        log.info("connection refused: %s (%s)", code, self.label)
+        self._log_refusal(code)
         self.ctx.metrics.reject(code)
         self.protocol.refuse(code, message)
         self._dispatch()
@@ -104,7 +110,8 @@ class Session:
     async def run(self) -> None:
         self.ctx.sessions.add(self)
         self.protocol.open(self.stream.stream_id, time.monotonic())
-        log.info("stream %d opened (%s)", self.stream.stream_id, self.label)
+        log.info("stream %d opened (%s)", self.stream.stream_id, self.label,
+                 extra={"stream_id": self.stream.stream_id})
         writer = asyncio.create_task(self._write_loop())
         reader = asyncio.create_task(self._read_loop())
         try:
@@ -181,7 +188,7 @@ class Session:
             event = await self._wake.get()
             if event is not None:
                 if isinstance(event, StreamFailed) and self.stream.refused:
-                    log.info("connection rejected: %s (%s)", event.code, self.label)
+                    self._log_refusal(event.code)
                     self.ctx.metrics.reject(event.code)
                 self.protocol.engine_event(event)
                 self._dispatch()
@@ -198,5 +205,8 @@ class Session:
                 return True
             if out.error is not None:
                 self.ctx.metrics.error(out.error)
+                if not self._refused:  # a refusal has its line already
+                    log.info("stream %d: error %s sent (%s)", self.stream.stream_id, out.error, self.label,
+                             extra={"stream_id": self.stream.stream_id, "code": out.error})
             await self.link.send(out.data)
         return False
