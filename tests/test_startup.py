@@ -148,3 +148,27 @@ def test_probes_answer_while_the_model_loads_and_a_signal_ends_the_load(tmp_path
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.mark.slow
+def test_the_banner_and_the_last_lines_of_a_start(tmp_path) -> None:
+    """Once loaded: the banner names the model and its chunk with every port, and the log says when
+    the warm-up step is done."""
+    import re
+
+    log = tmp_path / "stderr.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(CLI + ["serve", *PORTS, "--load-format", "dummy"], stdout=subprocess.PIPE,
+                                stderr=err, text=True)
+    try:
+        banner = proc.stdout.readline()
+        deadline = time.monotonic() + 120
+        while "ready for streams" not in log.read_text():
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    assert re.search(r"model small \(dummy weights\) on cpu \(float32\), 64 stream slots, chunk 160 ms \| tcp",
+                     banner), banner
+    assert "warming up: one step through the model" in log.read_text()

@@ -82,7 +82,7 @@ class App:
     def attach(self, engine: EngineAPI, model: "ModelInfo") -> None:
         """The loaded model's engine takes the place of the LoadingEngine; readiness follows it."""
         self.engine = self.ctx.engine = engine
-        self.ctx.model = model
+        self.model = self.ctx.model = model
         self.ctx.loading = None
 
     def stop_accepting(self) -> None:
@@ -221,7 +221,9 @@ async def serve(config: ServerConfig, model: Any | None = None) -> int:
         app.attach(engine, ModelInfo.of(model))
         await app.start_streaming()
         print(app.banner(config.device), flush=True)
+        announce = asyncio.create_task(_announce_ready(engine))
         await stop
+        announce.cancel()
         await app.drain(config.drain_seconds)
         drained = True
     finally:
@@ -231,6 +233,17 @@ async def serve(config: ServerConfig, model: Any | None = None) -> int:
         if engine is not None:
             await asyncio.to_thread(engine.shutdown)
     return 0
+
+
+async def _announce_ready(engine: EngineAPI, poll_s: float = 0.1) -> None:
+    """One line when the warm-up step is done (or failed): /readyz turns 200 then."""
+    log.info("warming up: one step through the model before taking streams")
+    while engine.phase == "warming_up":
+        await asyncio.sleep(poll_s)
+    if engine.phase == "ready":
+        log.info("ready for streams")
+    else:
+        log.warning("the warm-up step ended with the engine %s", engine.phase)
 
 
 async def _load_unless_stopped(config: ServerConfig, ctx: ServerContext, stop: asyncio.Task) -> Any | None:
