@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="run the streaming server", epilog="Every flag can also be set with an environment "
         "variable (PARAKEET_<FLAG>, shown with each flag) or in a YAML file given with --config (keys: the "
         "flag names without --). The command line wins over the environment, which wins over the file.")
-    serve.add_argument("--config", default=os.environ.get(ENV_PREFIX + "CONFIG"), metavar="FILE",
+    serve.add_argument("--config", default=None, metavar="FILE",
                        help="YAML file of settings, e.g. `ws-port: 9000` (default: none; env PARAKEET_CONFIG)")
     serve.add_argument("--host", default=d.host, help="address every listener binds (default: %(default)s)")
     serve.add_argument("--port", type=int, default=d.port, help="raw TCP port (default: %(default)s)")
