@@ -12,7 +12,7 @@ from calibration import calibrate_joint_bias
 
 from parakeet_streaming.config import ModelConfig
 from parakeet_streaming.model.asr import ASRModel
-from parakeet_streaming.model.loader import _builtin_config
+from parakeet_streaming.model.catalog import builtin_config
 from parakeet_streaming.model.tokenizer import EOB_PIECE, EOU_PIECE, Tokenizer
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -20,7 +20,7 @@ PHRASES = ["hello world", "this is a streaming test", "turn the lights off pleas
 
 
 def tiny_config(att=(70, 1), vocab: int = 40, layers: int = 2, max_symbols: int = 2) -> ModelConfig:
-    cfg = _builtin_config(layers, 64, list(att), vocab, 1)
+    cfg = builtin_config(layers, 64, list(att), vocab, 1)
     cfg["decoding"]["greedy"]["max_symbols"] = max_symbols
     cfg["encoder"].update(n_heads=4, subsampling_conv_channels=16)
     cfg["decoder"]["prednet"]["pred_hidden"] = 32

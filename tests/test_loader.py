@@ -13,8 +13,8 @@ import yaml
 
 from parakeet_streaming.config import ConfigError, ModelConfig
 from parakeet_streaming.model.asr import ASRModel
-from parakeet_streaming.model.loader import (NAMED_MODELS, ModelLoadError, _builtin_config, load_model,
-                                             to_seed_keys)
+from parakeet_streaming.model.catalog import NAMED_MODELS, builtin_config
+from parakeet_streaming.model.loader import ModelLoadError, load_model, to_seed_keys
 from parakeet_streaming.model.tokenizer import Tokenizer
 from test_runner import run_alone
 
@@ -23,7 +23,7 @@ UUID = "3f2a9c1e0b7d4e5f8a6b1c2d3e4f5a6b"
 
 def tiny_nemo_config(model: ASRModel) -> dict:
     enc, dec = model.config.encoder, model.config.decoder
-    cfg = _builtin_config(enc.n_layers, enc.d_model, [list(a) for a in enc.att_context_sizes], dec.vocab_size, 1)
+    cfg = builtin_config(enc.n_layers, enc.d_model, [list(a) for a in enc.att_context_sizes], dec.vocab_size, 1)
     cfg["encoder"].update(n_heads=enc.n_heads, subsampling_conv_channels=enc.subsampling_conv_channels)
     cfg["decoder"]["prednet"]["pred_hidden"] = dec.pred_hidden
     cfg["joint"]["jointnet"]["joint_hidden"] = dec.joint_hidden

@@ -24,7 +24,7 @@ import yaml
 from parakeet_streaming.config import DTYPE_NAMES, ConfigError, ModelConfig
 from parakeet_streaming.model.asr import ASRModel
 from parakeet_streaming.model.dummy import design_decoding, pseudo_speech  # noqa: F401 (pseudo_speech: for bench/)
-from parakeet_streaming.model.catalog import NAMED_MODELS, NamedModel, builtin_config as _builtin_config  # noqa: F401
+from parakeet_streaming.model.catalog import NAMED_MODELS, NamedModel
 from parakeet_streaming.model.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
