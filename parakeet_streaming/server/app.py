@@ -194,10 +194,6 @@ def build_engine(model: Any, config: ServerConfig) -> Any:
     return Engine(model, config.max_num_streams, device=config.device, endpoint=endpoint)
 
 
-def app_for(model: Any, engine: EngineAPI, config: ServerConfig) -> App:
-    return App(config, engine, ModelInfo.of(model))
-
-
 async def serve(config: ServerConfig, model: Any | None = None) -> int:
     """Run until SIGINT/SIGTERM, then drain; returns the exit code. The HTTP port comes up first:
     while the model loads, /healthz answers 200 and /readyz 503 {"status": "loading", "phase": ...};
