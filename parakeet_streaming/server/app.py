@@ -202,11 +202,11 @@ async def serve(config: ServerConfig, model: Any | None = None) -> int:
     app.ctx.loading = "starting"
     stop = asyncio.create_task(_wait_for_signal())
     await asyncio.sleep(0)  # the signal handlers are installed
-    await app.start_http()
-    log.info("http %s:%d is up: /healthz answers, /readyz says 'loading' until the model is ready",
-             config.host, app.ports["http"])
     engine, drained = None, False
     try:
+        await app.start_http()
+        log.info("http %s:%d is up: /healthz answers, /readyz says 'loading' until the model is ready",
+                 config.host, app.ports["http"])
         if model is None:
             model = await _load_unless_stopped(config, app.ctx, stop)
         if model is None:
