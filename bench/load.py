@@ -170,9 +170,24 @@ def start_server(flags: str, max_streams: int) -> tuple[subprocess.Popen, str, s
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith("parakeet-server:"):
-            print(f"# server up in {time.perf_counter() - started:.1f} s: {line.strip()}")
-            return proc, f"ws://127.0.0.1:{ws_port}", f"http://127.0.0.1:{http_port}"
+            http_url = f"http://127.0.0.1:{http_port}"
+            wait_ready(http_url, proc)  # the banner comes before the warm-up step; streams wait for ready
+            print(f"# server ready in {time.perf_counter() - started:.1f} s: {line.strip()}")
+            return proc, f"ws://127.0.0.1:{ws_port}", http_url
     raise RuntimeError("server exited before it was ready")
+
+
+def wait_ready(http_url: str, proc: subprocess.Popen, timeout: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{http_url}/readyz", timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:  # 503 while loading or warming up, or not listening yet
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("server did not become ready")
 
 
 def main() -> None:
