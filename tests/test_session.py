@@ -15,8 +15,8 @@ from server_helpers import until
 from parakeet_streaming.config import ServerConfig
 from parakeet_streaming.server.context import ModelInfo, ServerContext
 from parakeet_streaming.server.native import NativeStream
-from parakeet_streaming.server.session import OVERSIZED, Link, serve_connection
-from parakeet_streaming.server.wire import Audio, Request, Send, State
+from parakeet_streaming.server.session import Link, serve_connection
+from parakeet_streaming.server.wire import OVERSIZED, Audio, Request, Send, State
 
 
 class Pipe:

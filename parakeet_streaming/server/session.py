@@ -22,9 +22,8 @@ from parakeet_streaming.server import protocol as proto
 from parakeet_streaming.server.context import ServerContext
 from parakeet_streaming.server.routes import protocol_for
 from parakeet_streaming.server.security import bearer_token
-from parakeet_streaming.server.wire import (OVERSIZED, Audio, Close, Endpointing, Finish, Flush,  # noqa: F401
-                                            Keyterms, Message, ProtocolFactory, Request, Send, State,
-                                            StreamProtocol)
+from parakeet_streaming.server.wire import (Audio, Close, Endpointing, Finish, Flush, Keyterms, Message,
+                                            ProtocolFactory, Request, Send, State, StreamProtocol)
 
 log = logging.getLogger("parakeet_streaming.session")
 
