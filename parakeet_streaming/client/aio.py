@@ -67,8 +67,7 @@ class StreamingClient:
 
     async def connect(self) -> Hello:
         """Open the connection and read `hello`. Raises ServerError (e.g. `server_full`)."""
-        self._ws = await connect(self.url, max_size=None, compression=None, open_timeout=self._open_timeout,
-                                 additional_headers=self._headers)
+        await self._open()
         try:
             first = await asyncio.wait_for(self._ws.recv(), self._open_timeout)
         except ConnectionClosed as exc:
@@ -89,6 +88,11 @@ class StreamingClient:
         if self._binary is None:
             self._binary = msg.protocol >= 2 and "encoding" not in parse_qs(urlsplit(self.url).query)
         return msg
+
+    async def _open(self) -> None:
+        """Open the connection (`self._ws`), up to the point where the server sends `hello`."""
+        self._ws = await connect(self.url, max_size=None, compression=None, open_timeout=self._open_timeout,
+                                 additional_headers=self._headers)
 
     async def close(self) -> None:
         """Close the connection. Before the final result this aborts the stream."""

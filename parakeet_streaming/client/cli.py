@@ -20,9 +20,8 @@ from typing import Callable, Sequence, TextIO
 from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus, WebSocketException
 
 from parakeet_streaming.client.aio import StreamingClient, StreamMessage
-from parakeet_streaming.client.audio import AudioError, PcmEncoder, load_audio
-from parakeet_streaming.client.messages import (ClientError, Eou, Error, Hello, ProtocolViolation, Result,
-                                                ServerError, StreamClosed, parse_message)
+from parakeet_streaming.client.audio import AudioError, load_audio
+from parakeet_streaming.client.messages import ClientError, Eou, Error, Hello, Result, ServerError
 
 EXIT_ERROR, EXIT_USAGE = 1, 2
 
@@ -214,7 +213,7 @@ class TcpStreamingClient(StreamingClient):
         super().__init__(f"tcp://{address}", sample_rate=sample_rate, binary=False, open_timeout=open_timeout)
         self._address, self._api_key = address, api_key
 
-    async def connect(self) -> Hello:
+    async def _open(self) -> None:
         host, _, port = self._address.rpartition(":")
         if not host or not port.isdigit():
             raise ClientError(f"--tcp {self._address}: expected HOST:PORT, e.g. localhost:8765")
@@ -223,21 +222,6 @@ class TcpStreamingClient(StreamingClient):
         self._ws = _TcpLink(reader, writer)  # type: ignore[assignment]
         if self._api_key:
             await self.send_message({"type": "auth", "token": self._api_key})
-        try:
-            first = await asyncio.wait_for(self._ws.recv(), self._open_timeout)
-        except ConnectionClosed as exc:
-            await self.close()
-            raise StreamClosed("the server closed the connection before hello") from exc
-        msg = parse_message(first)
-        if not isinstance(msg, Hello):
-            await self.close()
-            if isinstance(msg, Error):
-                raise msg.exception()
-            raise ProtocolViolation(f"expected hello, got {first!r}")
-        self._hello = msg
-        self.sample_rate = self.sample_rate or msg.sample_rate
-        self._encoder = PcmEncoder(self.sample_rate, msg.sample_rate)
-        return msg
 
 
 def _wrong_port_hint(exc: Exception, args: argparse.Namespace) -> str:
