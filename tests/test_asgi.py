@@ -1,7 +1,8 @@
 """parakeet_streaming/deploy/asgi.py mounted in a user's Starlette app under uvicorn, over real
 sockets: the mount prefix is stripped before the protocol is picked, a stream gives the tokens of the
 websockets port for the same engine, the probes and metrics answer, an unknown path is a 404 and
-every response names the instance. Skipped without uvicorn and starlette (they come with ray[serve])."""
+every response names the instance; OpenAI's file transcription route, driven by the `openai` package,
+answers as on the HTTP port. Skipped without uvicorn and starlette (the `ray` extra brings them)."""
 from __future__ import annotations
 
 import asyncio
@@ -23,14 +24,15 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
 from parakeet_streaming.config import ServerConfig  # noqa: E402
 from parakeet_streaming.deploy.asgi import INSTANCE_HEADER, asgi_app  # noqa: E402
 from parakeet_streaming.server.context import ModelInfo, ServerContext  # noqa: E402
+from parakeet_streaming.server.security import Authenticator  # noqa: E402
 from server_helpers import (TIMEOUT, chunks, engine_factory, pcm16_b64, running_server, tokens_of,  # noqa: E402, F401
                             transcribe_over)
 
 
 @asynccontextmanager
-async def mounted(ctx: ServerContext, instance: str) -> AsyncIterator[int]:
+async def mounted(ctx: ServerContext) -> AsyncIterator[int]:
     """A user's Starlette app with the ASGI app at /asr, served by uvicorn on a free loopback port."""
-    app = Starlette(routes=[routing.Mount("/asr", app=asgi_app(ctx, instance))])
+    app = Starlette(routes=[routing.Mount("/asr", app=asgi_app(ctx))])
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -70,11 +72,11 @@ async def test_mounted_asgi_app_serves_streams_probes_and_metrics(engine_factory
     engine, model = engine_factory(2)
     async with running_server(engine, model) as reference:
         expected = tokens_of(await transcribe_over(reference, "ws", speech))
-    ctx = ServerContext(engine, ServerConfig(max_num_streams=2), ModelInfo.of(model))
+    ctx = ServerContext(engine, ServerConfig(max_num_streams=2), ModelInfo.of(model, "replica-a"))
     ctx.metrics.watch(ctx)
-    async with mounted(ctx, "replica-a") as port:
+    async with mounted(ctx) as port:
         hello, messages, instance = await stream_over(f"ws://127.0.0.1:{port}/asr/", speech)
-        assert hello["type"] == "hello" and instance == "replica-a"
+        assert hello["type"] == "hello" and instance == "replica-a" and hello["instance"] == "replica-a"
         assert messages[-1]["type"] == "result" and messages[-1]["is_final"]
         assert tokens_of(messages) == expected
 
@@ -100,8 +102,8 @@ async def test_mounted_asgi_app_serves_streams_probes_and_metrics(engine_factory
 async def test_deepgram_path_below_the_mount(engine_factory, speech):
     """/asr/v1/listen speaks Deepgram: the prefix is not part of the path that picks the protocol."""
     engine, model = engine_factory(2)
-    ctx = ServerContext(engine, ServerConfig(max_num_streams=2), ModelInfo.of(model))
-    async with mounted(ctx, "replica-b") as port:
+    ctx = ServerContext(engine, ServerConfig(max_num_streams=2), ModelInfo.of(model, "replica-b"))
+    async with mounted(ctx) as port:
         url = f"ws://127.0.0.1:{port}/asr/v1/listen?encoding=linear16&sample_rate=16000"
         async with connect(url, open_timeout=TIMEOUT) as ws:
             pcm = np.clip(np.round(speech * 32768), -32768, 32767).astype("<i2").tobytes()
@@ -114,7 +116,7 @@ async def test_deepgram_path_below_the_mount(engine_factory, speech):
                     messages.append(json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)))
             except ConnectionClosed:
                 pass
-        assert messages[-1]["type"] == "Metadata", messages[-2:]
+        assert messages[-1]["type"] == "Metadata" and messages[-1]["instance"] == "replica-b", messages[-2:]
         assert any(m["type"] == "Results" for m in messages)
 
         # Deepgram refuses a bad parameter before the upgrade, with its HTTP status and JSON body
@@ -124,3 +126,57 @@ async def test_deepgram_path_below_the_mount(engine_factory, speech):
         assert refused.value.response.status_code == 400
         assert refused.value.response.headers.get(INSTANCE_HEADER) == "replica-b"
         assert json.loads(refused.value.response.body)["err_code"]
+
+
+async def test_file_transcription_through_the_asgi_app(engine_factory, speech, speech_wav, tmp_path):
+    """POST /v1/audio/transcriptions below the mount, with the `openai` package: the text of the
+    HTTP port's route for the same file (json, text, streamed events), its errors in OpenAI's shape,
+    the API key, and a full server's 429 `server_full`."""
+    openai = pytest.importorskip("openai")
+    pytest.importorskip("python_multipart", reason="python-multipart is not installed (the `ray` extra brings it)")
+    engine, model = engine_factory(1)
+    async with running_server(engine, model) as reference:
+        ref = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{reference.ports['http']}/v1", api_key="-", max_retries=0)
+        with open(speech_wav, "rb") as f:
+            expected = (await ref.audio.transcriptions.create(file=f, model="parakeet")).text
+    assert expected
+    key = "sk-asgi"
+    config = ServerConfig(max_num_streams=1, api_keys=[key])
+    ctx = ServerContext(engine, config, ModelInfo.of(model, "replica-c"), auth=Authenticator.from_config(config))
+    async with mounted(ctx) as port:
+        client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/asr/v1", api_key=key, max_retries=0)
+        with open(speech_wav, "rb") as f:
+            raw = await client.audio.transcriptions.with_raw_response.create(file=f, model="parakeet")
+        assert raw.headers[INSTANCE_HEADER] == "replica-c" and raw.parse().text == expected
+        with open(speech_wav, "rb") as f:
+            text = await client.audio.transcriptions.create(file=f, model="parakeet", response_format="text")
+        assert text.strip() == expected
+        with open(speech_wav, "rb") as f:
+            events = [ev async for ev in await client.audio.transcriptions.create(file=f, model="parakeet",
+                                                                               stream=True)]
+        assert "".join(ev.delta for ev in events if ev.type == "transcript.text.delta") == expected
+        assert events[-1].type == "transcript.text.done" and events[-1].text == expected
+        assert [m.id for m in (await client.models.list()).data] == [model.name]
+
+        notes = tmp_path / "notes.txt"
+        notes.write_text("not audio")
+        with open(notes, "rb") as f, pytest.raises(openai.BadRequestError) as info:
+            await client.audio.transcriptions.create(file=f, model="parakeet")
+        assert info.value.code == "unsupported_format" and "'notes.txt'" in info.value.body["message"]
+        with open(speech_wav, "rb") as f, pytest.raises(openai.AuthenticationError):
+            await openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/asr/v1", api_key="wrong",
+                                     max_retries=0).audio.transcriptions.create(file=f, model="parakeet")
+        status, _, _ = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/asr/healthz")
+        assert status == 200  # probes need no key
+
+        async with connect(f"ws://127.0.0.1:{port}/asr/?token={key}", open_timeout=TIMEOUT) as ws:
+            assert json.loads(await ws.recv())["type"] == "hello"
+            await ws.send(json.dumps({"type": "audio", "data": pcm16_b64(speech[:1600])}))
+            for _ in range(500):  # its first audio takes the only slot
+                if engine.num_free == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert engine.num_free == 0
+            with open(speech_wav, "rb") as f, pytest.raises(openai.RateLimitError) as info:
+                await client.audio.transcriptions.create(file=f, model="parakeet")
+            assert info.value.code == "server_full"

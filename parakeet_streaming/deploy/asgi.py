@@ -3,22 +3,32 @@
 `asgi_app(ctx)` serves, on one engine's `ServerContext`:
 - WebSocket at any path: the wire protocol is picked by path (server/routes.py), exactly as on the
   websockets port; each connection is handed to `serve_connection` (the stream core).
-- HTTP `GET /healthz`, `/readyz`, `/metrics` (the answers of the HTTP port, server/http.py).
+- HTTP `GET /healthz`, `/readyz`, `/metrics` (the answers of the HTTP port, server/http.py), and
+  OpenAI's `POST /v1/audio/transcriptions` and `GET /v1/models` (server/transcriptions.py, the same
+  route as on the HTTP port; the multipart body is parsed with python-multipart). Every path but the
+  probes needs the API key when keys are configured, as on the HTTP port.
 
 Mount it in a Starlette/FastAPI app (`app.mount("/asr", asgi_app(ctx))`) or run it as the ingress of a
-Ray Serve replica (ray_serve.py). `instance` names the server in the `x-parakeet-instance` header of
-every response, so a client behind a load balancer can see which replica it reached.
+Ray Serve replica (ray_serve.py). `ctx.model.instance`, when set, names the server in the
+`x-parakeet-instance` header of every response (and in each stream's greeting), so a client behind a
+load balancer can see which replica it reached.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any, Awaitable, Callable, MutableMapping
 
 from websockets.datastructures import Headers
 
+from parakeet_streaming.server import protocol as proto
+from parakeet_streaming.server import transcriptions
 from parakeet_streaming.server.context import ServerContext
+from parakeet_streaming.server.http import PUBLIC_PATHS
 from parakeet_streaming.server.metrics import CONTENT_TYPE
+from parakeet_streaming.server.security import bearer_token
+from parakeet_streaming.server.transcriptions import FormReader, Reply, RequestError
 from parakeet_streaming.server.routes import UpgradeRefusal, upgrade_refusal
 from parakeet_streaming.server.session import Link, serve_connection
 from parakeet_streaming.server.wire import Request
@@ -33,14 +43,15 @@ ASGIApp = Callable[[Scope, Receive, SendASGI], Awaitable[None]]
 INSTANCE_HEADER = "x-parakeet-instance"
 
 
-def asgi_app(ctx: ServerContext, instance: str | None = None) -> ASGIApp:
+def asgi_app(ctx: ServerContext) -> ASGIApp:
+    instance = ctx.model.instance
     extra = [(INSTANCE_HEADER.encode(), instance.encode())] if instance else []
 
     async def app(scope: Scope, receive: Receive, send: SendASGI) -> None:
         if scope["type"] == "websocket":
             await _websocket(ctx, scope, receive, send, extra)
         elif scope["type"] == "http":
-            await _http(ctx, scope, send, extra)
+            await _http(ctx, scope, receive, send, extra)
         elif scope["type"] == "lifespan":
             await _lifespan(receive, send)
 
@@ -121,22 +132,120 @@ async def _deny(scope: Scope, send: SendASGI, refusal: UpgradeRefusal, extra: li
     await send({"type": "websocket.http.response.body", "body": refusal.body})
 
 
-async def _http(ctx: ServerContext, scope: Scope, send: SendASGI, extra: list[tuple[bytes, bytes]]) -> None:
+async def _http(ctx: ServerContext, scope: Scope, receive: Receive, send: SendASGI,
+                extra: list[tuple[bytes, bytes]]) -> None:
     path, method = local_path(scope), scope["method"]
-    if method not in ("GET", "HEAD"):
-        status, ctype, body = 405, "application/json", _json({"error": "method not allowed"})
+    request = request_of(scope)
+    client = scope.get("client")
+    peer = f"{client[0]}:{client[1]}" if client else "?"
+    if path not in PUBLIC_PATHS and not ctx.auth.check(bearer_token(request.headers, request.path)):
+        ctx.metrics.refused(proto.UNAUTHORIZED)
+        log.info("asgi %s %s refused: 401 unauthorized (%s)", method, path, peer,
+                 extra={"status": 401, "code": proto.UNAUTHORIZED})
+        body = _json(proto.error(proto.UNAUTHORIZED, "missing or wrong API key", fatal=True))
+        reply = Reply(401, "application/json", body, headers=(("WWW-Authenticate", "Bearer"),))
+    elif path == transcriptions.PATH and method == "POST":
+        content_type = request.headers.get("content-type", "")
+        reply = await transcriptions.transcribe(ctx, content_type, _multipart(content_type, receive), peer)
+    elif method not in ("GET", "HEAD"):
+        reply = Reply(405, "application/json", _json({"error": "method not allowed"}))
     elif path == "/healthz":
-        status, ctype, body = 200, "application/json", _json({"status": "ok"})
+        reply = Reply(200, "application/json", _json({"status": "ok"}))
     elif path == "/readyz":
         ready, why = ctx.readiness()
-        status, ctype, body = (200 if ready else 503), "application/json", _json({"status": why})
+        reply = Reply(200 if ready else 503, "application/json", _json({"status": why}))
     elif path == "/metrics":
-        status, ctype, body = 200, CONTENT_TYPE, ctx.metrics.render()
+        reply = Reply(200, CONTENT_TYPE, ctx.metrics.render())
+    elif path == transcriptions.MODELS_PATH:
+        reply = transcriptions.models(ctx)
+    elif path.startswith(transcriptions.MODELS_PATH + "/"):
+        reply = transcriptions.model(ctx, path[len(transcriptions.MODELS_PATH) + 1:])
     else:
-        status, ctype, body = 404, "application/json", _json({"error": "not found"})
-    headers = [(b"content-type", ctype.encode()), (b"content-length", str(len(body)).encode()), *extra]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+        reply = Reply(404, "application/json", _json({"error": "not found"}))
+    await _write(reply, method, receive, send, extra)
+
+
+async def _write(reply: Reply, method: str, receive: Receive, send: SendASGI,
+                 extra: list[tuple[bytes, bytes]]) -> None:
+    headers = [(b"content-type", reply.content_type.encode()), *extra,
+               *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers)]
+    if reply.events is None:
+        headers.append((b"content-length", str(len(reply.body)).encode()))
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else reply.body})
+        return
+
+    async def events() -> None:
+        async for chunk in reply.events:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def client_gone() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    try:
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        writer, watcher = asyncio.ensure_future(events()), asyncio.ensure_future(client_gone())
+        await asyncio.wait((writer, watcher), return_when=asyncio.FIRST_COMPLETED)
+        for task in (writer, watcher):
+            task.cancel()
+        for outcome in await asyncio.gather(writer, watcher, return_exceptions=True):
+            if isinstance(outcome, Exception):  # the client left while we wrote
+                log.debug("transcription events stopped: %r", outcome)
+    finally:
+        reply.close()  # frees the file's engine slot if the client left first
+
+
+def _multipart(content_type: str, receive: Receive) -> Callable[[FormReader], Awaitable[None]]:
+    """Parses the request body, as it arrives, into the route's FormReader (python-multipart)."""
+
+    async def read(reader: FormReader) -> None:
+        try:
+            from python_multipart.exceptions import MultipartParseError
+            from python_multipart.multipart import MultipartParser, parse_options_header
+        except ImportError as exc:
+            raise RequestError(501, "not_implemented", "file transcription on this ASGI server needs "
+                               "python-multipart (pip install python-multipart)") from exc
+        boundary = parse_options_header(content_type)[1].get(b"boundary")
+        if not boundary:
+            raise RequestError(400, "bad_request", "the multipart/form-data Content-Type has no boundary")
+        name, value, disposition = bytearray(), bytearray(), b""
+
+        def header_end() -> None:
+            nonlocal disposition
+            if bytes(name).lower() == b"content-disposition":
+                disposition = bytes(value)
+            name.clear()
+            value.clear()
+
+        def headers_finished() -> None:
+            options = parse_options_header(disposition)[1]
+            part, filename = options.get(b"name"), options.get(b"filename")
+            reader.begin(None if part is None else part.decode("utf-8", "replace"),
+                         None if filename is None else filename.decode("utf-8", "replace"))
+
+        parser = MultipartParser(boundary, {
+            "on_header_field": lambda data, start, end: name.extend(data[start:end]),
+            "on_header_value": lambda data, start, end: value.extend(data[start:end]),
+            "on_header_end": header_end,
+            "on_headers_finished": headers_finished,
+            "on_part_data": lambda data, start, end: reader.feed(data[start:end]),
+            "on_part_end": reader.end,
+        })
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise RequestError(400, "bad_request", "the client left before the body was complete")
+                parser.write(message.get("body", b""))
+                if not message.get("more_body"):
+                    break
+            parser.finalize()
+        except MultipartParseError as exc:
+            raise RequestError(400, "bad_request", f"the multipart/form-data body is malformed: {exc}") from exc
+
+    return read
 
 
 async def _lifespan(receive: Receive, send: SendASGI) -> None:

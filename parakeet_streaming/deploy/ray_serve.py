@@ -5,7 +5,9 @@ slots), all behind Ray's HTTP proxy. Needs `ray[serve]`.
     serve run parakeet_streaming.deploy.ray_serve:build_app server_args="--model-size small --max-num-streams 64"
 
 Each replica is the ASGI app of deploy/asgi.py over its own `ServerContext`: every WebSocket wire
-protocol (by path, as on the websockets port) and the probes. One WebSocket is one ongoing request
+protocol (by path, as on the websockets port), OpenAI's `POST /v1/audio/transcriptions` and the
+probes. It names itself by its Serve replica id (`ModelInfo.instance`): in the native `hello`, in
+Deepgram's closing `Metadata` and in the `x-parakeet-instance` response header. One WebSocket is one ongoing request
 for Serve, for its whole life, so:
 - `max_ongoing_requests` = slots + `overflow`: Serve never routes more connections to a replica than
   that; the `overflow` connections beyond the slots are answered by the replica's own admission with
@@ -68,13 +70,14 @@ class ParakeetReplica:
             self.engine.shutdown()
             raise RuntimeError(f"engine did not warm up (phase {self.engine.phase}); Serve retries the replica")
         self.instance = serve.get_replica_context().replica_id.unique_id
-        self.ctx = ServerContext(self.engine, config, ModelInfo.of(model), auth=Authenticator.from_config(config))
+        self.ctx = ServerContext(self.engine, config, ModelInfo.of(model, self.instance),
+                                 auth=Authenticator.from_config(config))
         self.ctx.metrics.watch(self.ctx)
         self._metrics = RayMetricsBridge(self.ctx.metrics.registry).start()
         log.info("replica %s ready: %d slots", self.instance, config.max_num_streams)
 
     def __serve_build_asgi_app__(self) -> Any:
-        return asgi_app(self.ctx, self.instance)
+        return asgi_app(self.ctx)
 
     def check_health(self) -> None:
         phase = self.engine.phase

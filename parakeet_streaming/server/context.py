@@ -15,19 +15,21 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """The model facts clients are told (hello, status), read once from the loaded model."""
+    """The model facts clients are told (hello, status), read once from the loaded model, and the
+    name of the server that runs it (`instance`: a Ray replica's id, a pod's name; None: not told)."""
 
     name: str = "unknown"
     sample_rate: int = 16000
     chunk_ms: int | None = None
     token_texts: tuple[str | None, ...] = ()  # per token id: its text ("▁" as a space); None: special
+    instance: str | None = None
 
     @classmethod
-    def of(cls, model: Any) -> "ModelInfo":
+    def of(cls, model: Any, instance: str | None = None) -> "ModelInfo":
         tok = model.tokenizer
         texts = tuple(None if tok.is_special(i) else tok.id_to_piece(i).replace("\u2581", " ")
                       for i in range(tok.vocab_size))
-        return cls(model.name, model.config.sample_rate, model.frame_ms * model.chunk_frames, texts)
+        return cls(model.name, model.config.sample_rate, model.frame_ms * model.chunk_frames, texts, instance)
 
 
 @dataclass

@@ -47,7 +47,8 @@ class NativeStream:
             return
         rate = self.options.sample_rate or self.config.sample_rate
         self.intake = AudioIntake(rate, self.model.sample_rate, self.config.max_stream_seconds)
-        self._send(proto.hello(stream_id, rate, model=self.model.name, chunk_ms=self.model.chunk_ms))
+        self._send(proto.hello(stream_id, rate, model=self.model.name, chunk_ms=self.model.chunk_ms,
+                               instance=self.model.instance))
         if self.options.endpoint_silence_ms is not None:  # from the URL; ahead of any audio
             self._out.append(Endpointing(self.options.endpoint_silence_ms))
         if self.options.keyterms is not None:

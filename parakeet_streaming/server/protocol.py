@@ -294,11 +294,13 @@ def _parse_samples(value: Any) -> list[float]:
 
 
 def hello(stream_id: int, sample_rate: int, *, model: str, encodings: tuple[str, ...] = ENCODINGS,
-          chunk_ms: int | None = None) -> dict[str, Any]:
+          chunk_ms: int | None = None, instance: str | None = None) -> dict[str, Any]:
     msg: dict[str, Any] = {"type": "hello", "stream_id": stream_id, "sample_rate": sample_rate,
                            "model": model, "encodings": list(encodings), "protocol": PROTOCOL_VERSION}
     if chunk_ms is not None:
         msg["chunk_ms"] = chunk_ms
+    if instance is not None:
+        msg["instance"] = instance
     return msg
 
 
