@@ -310,10 +310,14 @@ def speech_started(timestamp_ms: int) -> dict[str, Any]:
     return {"type": "SpeechStarted", "channel": [0, 1], "timestamp": timestamp_ms / 1000}
 
 
-def metadata(*, request_id: str, sha256: str, created: str, duration_s: float, model: str) -> dict[str, Any]:
-    return {"type": "Metadata", "transaction_key": "deprecated", "request_id": request_id, "sha256": sha256,
-            "created": created, "duration": round(duration_s, 3), "channels": 1, "models": [model_uuid(model)],
-            "model_info": {model_uuid(model): _model_info(model)}}
+def metadata(*, request_id: str, sha256: str, created: str, duration_s: float, model: str,
+             instance: str | None = None) -> dict[str, Any]:
+    msg = {"type": "Metadata", "transaction_key": "deprecated", "request_id": request_id, "sha256": sha256,
+           "created": created, "duration": round(duration_s, 3), "channels": 1, "models": [model_uuid(model)],
+           "model_info": {model_uuid(model): _model_info(model)}}
+    if instance is not None:  # our addition: which server (replica, pod) served the stream
+        msg["instance"] = instance
+    return msg
 
 
 def now_iso() -> str:
@@ -508,7 +512,8 @@ class DeepgramStream:
             if event.is_final:
                 self.outcome = "final" if self.outcome == "aborted" else self.outcome
                 self._send(metadata(request_id=self.request_id, sha256=self._digest.sha256, created=now_iso(),
-                                    duration_s=self._digest.duration_s, model=self.model.name))
+                                    duration_s=self._digest.duration_s, model=self.model.name,
+                                    instance=self.model.instance))
                 self._close(self._close_code, self._close_reason)
         elif isinstance(event, UtteranceEnd):
             for msg in self._transcript.on_utterance_end(event):
