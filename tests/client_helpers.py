@@ -1,7 +1,8 @@
-"""Shared by the client tests: the reference transcript from `parakeet-server transcribe`, and a
-recording engine to check the audio a browser sent."""
+"""Shared by the client tests: the reference transcript from `parakeet-server transcribe`, a
+recording engine to check the audio a browser sent, and `parakeet-client` as a subprocess."""
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,17 @@ import numpy as np
 from test_loader import write_nemo
 
 SERVER_CLI = [sys.executable, "-m", "parakeet_streaming.cli"]
+# The installed console script ([project.scripts]); the module when the package isn't installed.
+_SCRIPT = Path(sys.executable).with_name("parakeet-client")
+CLIENT = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "parakeet_streaming.client.cli"]
+
+
+async def run_client(*args: str) -> tuple[int, str, str]:
+    """`parakeet-client ARGS`: (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(*CLIENT, *args, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode, out.decode(), err.decode()
 
 
 def offline_transcript(model, wav: Path, workdir: Path) -> str:

@@ -3,23 +3,13 @@
 given as --url says which port to use; the progress bar stays whole while the partial text grows."""
 from __future__ import annotations
 
-import asyncio
 import io
-import sys
 
+from client_helpers import run_client
 from server_helpers import engine_factory, running_server  # noqa: F401 - fixture
 
 from parakeet_streaming.client import transcribe_file
 from parakeet_streaming.client.cli import Display, Printer, progress_bar
-
-CLIENT = [sys.executable, "-m", "parakeet_streaming.client.cli"]
-
-
-async def run_client(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(*CLIENT, *args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_tcp_gives_the_websocket_transcript(engine_factory, speech_wav):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from client_helpers import RecordingEngine, file_is_in, offline_transcript
+from client_helpers import CLIENT, RecordingEngine, file_is_in, offline_transcript, run_client
 from server_helpers import engine_factory, running_server, settle, until  # noqa: F401 - fixture
 
 from parakeet_streaming.client import (Eou, Error, Hello, ProtocolViolation, Result, ServerError, StreamClosed,
@@ -25,11 +25,6 @@ from parakeet_streaming.client import (Eou, Error, Hello, ProtocolViolation, Res
                                        transcribe_file_sync)
 
 pytest.importorskip("parakeet_streaming.engine.engine")
-
-# The installed console script ([project.scripts]); the module when the package isn't installed.
-_SCRIPT = Path(sys.executable).with_name("parakeet-client")
-CLIENT = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "parakeet_streaming.client.cli"]
-
 
 @pytest.fixture(scope="module")
 def expected(tiny_model, speech_wav: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
@@ -304,17 +299,10 @@ def _fake_sounddevice(speech: np.ndarray) -> types.ModuleType:
 # --- CLI -------------------------------------------------------------------------------------
 
 
-async def _run_cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(*CLIENT, *args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    return proc.returncode, out.decode(), err.decode()
-
-
 async def test_cli_prints_utterances_and_final(engine_factory, tiny_model, speech_wav, expected):
     engine, model = engine_factory(1)
     async with running_server(engine, model) as app:
-        code, out, err = await _run_cli("stream", str(speech_wav), "--url", url(app), "--speed", "0")
+        code, out, err = await run_client("stream", str(speech_wav), "--url", url(app), "--speed", "0")
         assert code == 0, err
         transcript = await transcribe_file(url(app), speech_wav, speed=0)
     lines = out.splitlines()
@@ -327,7 +315,7 @@ async def test_cli_prints_utterances_and_final(engine_factory, tiny_model, speec
 async def test_cli_json(engine_factory, tiny_model, speech_wav, expected):
     engine, model = engine_factory(1)
     async with running_server(engine, model) as app:
-        code, out, err = await _run_cli("stream", str(speech_wav), "--url", url(app), "--speed", "0", "--json")
+        code, out, err = await run_client("stream", str(speech_wav), "--url", url(app), "--speed", "0", "--json")
     assert code == 0, err
     msgs = [json.loads(line) for line in out.splitlines()]
     assert msgs[0]["type"] == "hello" and msgs[-1]["type"] == "result" and msgs[-1]["is_final"]
@@ -373,7 +361,7 @@ async def test_cli_mic_without_sounddevice(tmp_path):
         pass
     else:
         pytest.skip("sounddevice is installed here")
-    code, _, err = await _run_cli("stream", "--mic", "--url", "ws://127.0.0.1:1/")
+    code, _, err = await run_client("stream", "--mic", "--url", "ws://127.0.0.1:1/")
     assert code == 2 and "parakeet-streaming[mic]" in err
 
 
@@ -447,11 +435,11 @@ async def test_cli_errors(engine_factory, tiny_model, speech_wav, tmp_path):
         async with StreamingClient(url(app)) as holder:
             await holder.send(np.zeros(1600, np.float32))  # its first audio takes the only slot
             await until(lambda: engine.num_free == 0)
-            code, _, err = await _run_cli("stream", str(speech_wav), "--url", url(app))
+            code, _, err = await run_client("stream", str(speech_wav), "--url", url(app))
         assert code == 1 and "server_full" in err
-    code, _, err = await _run_cli("stream", str(tmp_path / "missing.wav"), "--url", url(app))
+    code, _, err = await run_client("stream", str(tmp_path / "missing.wav"), "--url", url(app))
     assert code == 2 and "missing.wav" in err
-    code, _, err = await _run_cli("stream", str(speech_wav), "--url", url(app))  # server gone
+    code, _, err = await run_client("stream", str(speech_wav), "--url", url(app))  # server gone
     assert code == 1 and "parakeet-client:" in err
 
 
