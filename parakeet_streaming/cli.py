@@ -70,6 +70,12 @@ def _add_endpoint_flags(p: argparse.ArgumentParser, d: ServerConfig) -> None:
                    help="VAD speech probability threshold (default: %(default)s)")
 
 
+def _add_keyterms_flag(p: argparse.ArgumentParser, d: ServerConfig) -> None:
+    p.add_argument("--keyterms-file", default=d.keyterms_file, metavar="PATH",
+                   help="key terms every stream gets, one per line (`phrase` or `phrase:weight`, # comments); "
+                   "a stream's own key terms add to them, see docs/keyterms.md (default: none)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = ServerConfig()
     parser = _Parser(prog="parakeet-server", description="Streaming speech recognition server")
@@ -110,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-format", default="text", choices=["text", "json"],
                        help="text lines, or one JSON object per line (default: %(default)s)")
     _add_endpoint_flags(serve, d)
+    _add_keyterms_flag(serve, d)
     serve.add_argument("--api-key", dest="api_keys", action="append", default=[], metavar="KEY",
                        help="require this API key from clients (repeatable); see docs/operations.md")
     serve.add_argument("--api-key-file", default=d.api_key_file, metavar="PATH",
@@ -128,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("audio", metavar="AUDIO.wav")
     _add_model_flags(tr, d)
     _add_endpoint_flags(tr, d)
+    _add_keyterms_flag(tr, d)
     tr.add_argument("--json", action="store_true", help="print the full result as JSON")
 
     from parakeet_streaming.model.catalog import NAMED_MODELS
@@ -316,6 +324,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             from parakeet_streaming import preflight
 
             preflight.check_model_flags(config_from_args(args))
+            preflight.read_keyterms_file(args.keyterms_file)
             preflight.check_device(args.device)
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -46,6 +46,7 @@ class ServerConfig:
     endpoint_silence_ms: int | None = None  # None: off for models with <EOU>, else 500 (endpointing.py)
     endpoint_signal: str = "vad"  # vad | tokens | either
     vad_threshold: float = 0.5
+    keyterms_file: str | None = None  # the server's key terms, one per line (preflight.read_keyterms_file)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

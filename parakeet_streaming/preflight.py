@@ -15,6 +15,7 @@ class PreflightError(ValueError):
 
 def check_serve(config: ServerConfig) -> None:
     check_model_flags(config)
+    read_keyterms_file(config.keyterms_file)
     check_ports(config)
     check_device(config.device)
 
@@ -97,3 +98,35 @@ def check_device(device: str) -> None:
         raise PreflightError(f"--device {device}: MPS is not available here (use --device cpu)")
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise PreflightError(f"--device {device}: unsupported device type (use cpu, cuda, cuda:N or mps)")
+
+
+def read_keyterms_file(path: str | None) -> tuple[str | tuple[str, float], ...]:
+    """--keyterms-file: one key term per line, `phrase` or `phrase:weight`; blank lines and `#`
+    comments are skipped. Whether the model can spell them is checked once it is loaded (Engine)."""
+    if not path:
+        return ()
+    from parakeet_streaming.model.boosting import MAX_KEYTERM_CHARS, MAX_KEYTERMS, KeytermError, parse_weighted
+
+    flag = f"--keyterms-file {path}"
+    try:
+        lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise PreflightError(f"{flag}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except OSError as exc:
+        raise PreflightError(f"{flag}: {exc.strerror} (give a text file with one key term per line)") from exc
+    terms = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            term = parse_weighted(line)
+        except KeytermError as exc:
+            raise PreflightError(f"{flag} line {number}: {exc}") from exc
+        text = term if isinstance(term, str) else term[0]
+        if not text or len(text) > MAX_KEYTERM_CHARS:
+            raise PreflightError(f"{flag} line {number}: a key term is 1 to {MAX_KEYTERM_CHARS} characters")
+        terms.append(term)
+    if len(terms) > MAX_KEYTERMS:
+        raise PreflightError(f"{flag}: {len(terms)} key terms; at most {MAX_KEYTERMS} per stream, the "
+                             "server's and the stream's own together")
+    return tuple(terms)

@@ -27,7 +27,7 @@ from parakeet_streaming.engine.runner import Runner, StepOutput
 from parakeet_streaming.engine.stream import Stream
 from parakeet_streaming.engine.words import word_starts
 from parakeet_streaming.model.asr import ASRModel
-from parakeet_streaming.model.boosting import BoostingTree
+from parakeet_streaming.model.boosting import BoostingTree, KeytermError
 
 log = logging.getLogger("parakeet_streaming.engine")
 
@@ -82,9 +82,14 @@ class _Stop:
 
 class Engine:
     def __init__(self, model: ASRModel, max_num_streams: int, device: str | torch.device = "cpu",
-                 max_batch_size: int | None = None, endpoint: EndpointConfig | None = None) -> None:
+                 max_batch_size: int | None = None, endpoint: EndpointConfig | None = None,
+                 keyterms: Sequence[Any] = ()) -> None:
         self.model = model
         self.runner = Runner(model, max_num_streams, device)
+        # The server's key terms (--keyterms-file): every stream has them, and a stream's own list
+        # adds to them (compile_keyterms). Compiled here, so a bad list fails at startup (KeytermError).
+        self.default_keyterms = tuple(keyterms)
+        self._default_tree = self.runner.compile_keyterms(self.default_keyterms) if keyterms else None
         self.endpoint = endpoint or EndpointConfig()
         # The VAD runs on the CPU whatever the device: a few tiny ops per 32 ms frame batch.
         self.vad = VadBank(max_num_streams, self.runner.sample_rate) if self.endpoint.uses_vad else None
@@ -158,8 +163,16 @@ class Engine:
         self._inbox.put(_SetEndpoint(stream_id, silence_ms))
 
     def compile_keyterms(self, keyterms: Sequence[Any]) -> BoostingTree | None:
-        """A key-term list compiled for this model, in the caller's thread (cached by list); raises
-        KeytermError. Pass the result to set_keyterms."""
+        """A stream's key-term list plus the server's, compiled for this model in the caller's thread
+        (cached by list); raises KeytermError. Pass the result to set_keyterms. The stream's terms
+        come first, so an error's entry number is the stream's own."""
+        default = self.default_keyterms
+        if default and isinstance(keyterms, (list, tuple)):
+            cap = self.runner.compile_keyterms.max_keyterms
+            if len(keyterms) + len(default) > cap:
+                raise KeytermError(f"at most {cap} key terms per stream, and the server adds {len(default)} "
+                                   f"of its own; got {len(keyterms)}")
+            keyterms = [*keyterms, *default]
         return self.runner.compile_keyterms(keyterms)
 
     def set_keyterms(self, stream_id: int, compiled: BoostingTree | None) -> None:
@@ -288,7 +301,7 @@ class Engine:
         endpointer = Endpointer(self.endpoint, self.runner.frame_ms) if self.endpoint.enabled else None
         stream = Stream(cmd.stream_id, slot, cmd.sink, self.model.tokenizer, self.runner.sample_rate,
                         frame_ms=self.runner.frame_ms, starts=self._word_starts, endpointer=endpointer)
-        self.runner.open(slot)
+        self.runner.open(slot, self._default_tree)
         if self.vad is not None:
             self.vad.reset(slot)
         self._streams[stream.id], self._by_slot[slot] = stream, stream

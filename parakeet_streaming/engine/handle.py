@@ -97,10 +97,11 @@ class EngineStream:
             self._endpoint_ms = silence_ms  # ahead of any audio, once the stream opens
 
     def set_keyterms(self, keyterms: Sequence[Any]) -> None:
-        """This stream's key terms ([] removes them). The list is compiled here, on the loop; a bad
-        one is reported as a KeytermsRejected event and the stream keeps its previous list."""
+        """This stream's key terms, besides the server's ([]: the server's alone). The list is
+        compiled here, on the loop; a bad one is reported as a KeytermsRejected event and the stream
+        keeps its previous list."""
         try:
-            compiled = self.engine.compile_keyterms(keyterms) if keyterms else None
+            compiled = self.engine.compile_keyterms(keyterms)
         except KeytermError as exc:
             self._on_event(KeytermsRejected(self.stream_id, str(exc)))
             return

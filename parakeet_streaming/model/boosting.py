@@ -194,6 +194,21 @@ def _keyterm(item: str | Keyterm | tuple, i: int) -> Keyterm:
     return Keyterm(text, None if wt is None else float(wt))
 
 
+def parse_weighted(text: str) -> str | tuple[str, float]:
+    """`phrase` or `phrase:weight`: the form of Deepgram's `keywords` (its intensifier is the weight)
+    and of --keyterms-file lines. Raises KeytermError for a weight that is not a number in (0, 100]."""
+    phrase, colon, weight = text.rpartition(":")
+    if not colon:
+        return text.strip()
+    try:
+        value = float(weight)
+    except ValueError:
+        raise KeytermError(f"{text.strip()!r}: the weight after ':' must be a number") from None
+    if not math.isfinite(value) or not 0.0 < value <= MAX_SCORE:
+        raise KeytermError(f"{text.strip()!r}: the weight after ':' must be a number in (0, {MAX_SCORE:g}]")
+    return phrase.strip(), value
+
+
 def compile_keyterms(tokenizer: _Tokenizer, keyterms: Sequence[str | Keyterm | tuple],
                      params: BoostingParams = BoostingParams(), max_keyterms: int = MAX_KEYTERMS,
                      max_tokens: int = MAX_KEYTERM_TOKENS) -> BoostingTree | None:

@@ -29,14 +29,15 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from parakeet_streaming.config import ServerConfig
-from parakeet_streaming.engine.events import Event, Result, StreamFailed, UtteranceEnd
+from parakeet_streaming.engine.events import Event, KeytermsRejected, Result, StreamFailed, UtteranceEnd
 from parakeet_streaming.engine.words import Word
+from parakeet_streaming.model.boosting import KeytermError, parse_weighted
 from parakeet_streaming.server import timeouts
 from parakeet_streaming.server.byte_audio import ByteAudio
 from parakeet_streaming.server.context import ModelInfo, ServerContext
 from parakeet_streaming.server.intake import AudioIntake
-from parakeet_streaming.server.wire import (OVERSIZED, Audio, Close, Endpointing, Finish, Flush, Message, Output,
-                                            Request, Send, State)
+from parakeet_streaming.server.wire import (OVERSIZED, Audio, Close, Endpointing, Finish, Flush, Keyterms, Message,
+                                            Output, Request, Send, State)
 
 log = logging.getLogger("parakeet_streaming.deepgram")
 
@@ -90,7 +91,7 @@ class ListenOptions:
     smart_format: bool = False
     model: str | None = None
     language: str | None = None
-    keyterms: tuple[str, ...] = ()
+    keyterms: tuple[str | tuple[str, float], ...] = ()  # `keyterm`s, then `keywords` (intensifier: weight)
 
     @property
     def audio_encoding(self) -> str:
@@ -130,13 +131,21 @@ def parse_query(query: Mapping[str, Sequence[str]]) -> ListenOptions:
         endpointing_ms = 0 if endpointing.lower() == "false" else None  # true: the server's own
     else:
         endpointing_ms = _int(last, "endpointing", 0, MAX_ENDPOINTING_MS)
-    keyterms = tuple(query.get("keyterm", ())) + tuple(k.split(":")[0] for k in query.get("keywords", ()))
+    keyterms = tuple(query.get("keyterm", ())) + tuple(_keyword(k) for k in query.get("keywords", ()))
     return ListenOptions(
         encoding=encoding, sample_rate=rate, interim_results=bool(_flag(last, "interim_results")),
         endpointing_ms=endpointing_ms, utterance_end_ms=_int(last, "utterance_end_ms", 1, MAX_ENDPOINTING_MS),
         vad_events=bool(_flag(last, "vad_events")), punctuate=bool(_flag(last, "punctuate")),
         smart_format=bool(_flag(last, "smart_format")), model=last.get("model"), language=last.get("language"),
         keyterms=keyterms)
+
+
+def _keyword(value: str) -> str | tuple[str, float]:
+    """`keywords=word` or `word:intensifier`; the intensifier is the phrase's weight (docs/keyterms.md)."""
+    try:
+        return parse_weighted(value)
+    except KeytermError as exc:
+        raise _bad(f"keywords: {exc}; a negative intensifier (suppressing a word) is not supported.") from exc
 
 
 def _int(query: Mapping[str, str], name: str, lo: int, hi: int) -> int | None:
@@ -164,9 +173,13 @@ def upgrade_check(request: Request, ctx: ServerContext) -> ListenRejected | None
     if not ctx.auth.check(api_key(request.headers, query)):
         return ListenRejected(401, "INVALID_AUTH", "Invalid credentials.", code="unauthorized")
     try:
-        parse_query(query)
+        options = parse_query(query)
+        if options.keyterms:  # can the model spell them? (compiled once: the stream reuses the tree)
+            ctx.engine.compile_keyterms(options.keyterms)
     except ListenRejected as exc:
         return exc
+    except KeytermError as exc:
+        return _bad(f"keyterm: {exc}.")
     return None
 
 
@@ -479,6 +492,8 @@ class DeepgramStream:
         self._transcript = Transcript(self.options, self.model.name, self.request_id)
         if self.options.silence_ms is not None:
             self._out.append(Endpointing(self.options.silence_ms))
+        if self.options.keyterms:
+            self._out.append(Keyterms(self.options.keyterms))
 
     def refuse(self, code: str, message: str) -> None:
         self.outcome = code
@@ -523,6 +538,8 @@ class DeepgramStream:
             self._error(event.code, event.message, code=event.code)
             self._close(CLOSE_AGAIN if event.code in ("server_full", "shutting_down") else CLOSE_ERROR,
                         event.message)
+        elif isinstance(event, KeytermsRejected):  # upgrade_check refuses these first, where it runs
+            self._fail("bad_request", f"keyterm: {event.message}", CLOSE_POLICY)
 
     def eof(self) -> None:
         if self.state is not State.FINISHING:

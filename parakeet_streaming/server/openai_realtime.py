@@ -31,13 +31,14 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from parakeet_streaming.config import ServerConfig
-from parakeet_streaming.engine.events import Event, Result, StreamFailed, UtteranceEnd
+from parakeet_streaming.engine.events import Event, KeytermsRejected, Result, StreamFailed, UtteranceEnd
+from parakeet_streaming.model.boosting import MAX_KEYTERMS
 from parakeet_streaming.server import timeouts
 from parakeet_streaming.server.byte_audio import ByteAudio
 from parakeet_streaming.server.context import ModelInfo
 from parakeet_streaming.server.intake import AudioIntake
-from parakeet_streaming.server.wire import (OVERSIZED, Audio, Close, Endpointing, Finish, Flush, Message, Output,
-                                            Request, Send, State)
+from parakeet_streaming.server.wire import (OVERSIZED, Audio, Close, Endpointing, Finish, Flush, Keyterms, Message,
+                                            Output, Request, Send, State)
 
 log = logging.getLogger("parakeet_streaming.openai_realtime")
 
@@ -97,11 +98,12 @@ class SessionConfig:
     format: str = "audio/pcm"
     model: str | None = None
     language: str | None = None
-    prompt: str | None = None
+    prompt: str | None = None  # accepted and reported, not applied (docs/integrations/openai.md)
+    keywords: tuple[str, ...] = ()  # the stream's key terms (docs/keyterms.md)
     turn_detection: ServerVad | None = ServerVad()
     noise_reduction: dict[str, Any] | None = None  # accepted and reported, not applied
     logprobs: bool = False
-    extra_transcription: dict[str, Any] = field(default_factory=dict)  # delay, keywords, languages: reported
+    extra_transcription: dict[str, Any] = field(default_factory=dict)  # delay, languages: reported
 
     @property
     def decoder(self) -> str:
@@ -171,16 +173,31 @@ def _format(value: Any) -> str:
 
 def _transcription(config: SessionConfig, value: Any) -> SessionConfig:
     if value is None:
-        return replace(config, model=None, language=None, prompt=None, extra_transcription={})
+        return replace(config, model=None, language=None, prompt=None, keywords=(), extra_transcription={})
     obj = _object(value, "session.audio.input.transcription")
     _known(obj, _TRANSCRIPTION_KEYS, "session.audio.input.transcription")
     for key in ("model", "language", "prompt"):
         if obj.get(key) is not None and not isinstance(obj[key], str):
             raise RealtimeError("invalid_type", f"Invalid type for 'session.audio.input.transcription.{key}': "
                                 f"expected a string.", param=f"session.audio.input.transcription.{key}")
-    extra = {k: obj[k] for k in ("delay", "keywords", "languages") if k in obj}
+    extra = {k: obj[k] for k in ("delay", "languages") if k in obj}
+    keywords = _keywords(obj["keywords"]) if "keywords" in obj else config.keywords
     return replace(config, model=obj.get("model", config.model), language=obj.get("language", config.language),
-                   prompt=obj.get("prompt", config.prompt), extra_transcription={**config.extra_transcription, **extra})
+                   prompt=obj.get("prompt", config.prompt), keywords=keywords,
+                   extra_transcription={**config.extra_transcription, **extra})
+
+
+def _keywords(value: Any) -> tuple[str, ...]:
+    """`keywords`: words or phrases to guide the transcription, our key terms (null: none)."""
+    name = "session.audio.input.transcription.keywords"
+    if value is None:
+        return ()
+    if not isinstance(value, list) or any(not isinstance(k, str) for k in value):
+        raise RealtimeError("invalid_type", f"Invalid type for '{name}': expected an array of strings.", param=name)
+    if len(value) > MAX_KEYTERMS:
+        raise RealtimeError("invalid_value", f"Invalid value for '{name}': {len(value)} entries; at most "
+                            f"{MAX_KEYTERMS}.", param=name)
+    return tuple(value)
 
 
 def _turn_detection(value: Any, current: ServerVad | None) -> ServerVad | None:
@@ -230,6 +247,8 @@ def session_object(config: SessionConfig, session_id: str) -> dict[str, Any]:
     """The `session` of session.created / session.updated (RealtimeTranscriptionSessionCreateResponse)."""
     transcription = {"model": config.model, "language": config.language, "prompt": config.prompt,
                      **config.extra_transcription}
+    if config.keywords:
+        transcription["keywords"] = list(config.keywords)
     fmt: dict[str, Any] = {"type": config.format}
     if config.format == "audio/pcm":
         fmt["rate"] = 24000
@@ -462,6 +481,7 @@ class RealtimeStream:
         self._fatal = False
         self._close_code, self._close_reason = 1000, ""
         self._last = 0.0
+        self._keywords_before: tuple[str, ...] = ()  # what the engine keeps if the last keywords are rejected
 
     @property
     def session_config(self) -> SessionConfig:
@@ -534,6 +554,11 @@ class RealtimeStream:
             self._error(RealtimeError(event.code, event.message, type=SERVER_ERROR))
             self._close(CLOSE_AGAIN if event.code in ("server_full", "shutting_down") else CLOSE_ERROR,
                         event.message[:120])
+        elif isinstance(event, KeytermsRejected):  # the engine keeps the keywords it had
+            self._turns.config = replace(self.session_config, keywords=self._keywords_before)
+            name = "session.audio.input.transcription.keywords"
+            self._error(RealtimeError("invalid_value", f"Invalid value for '{name}': {event.message}; the "
+                                      "session keeps its previous keywords.", param=name))
 
     def eof(self) -> None:
         if self.state is not State.FINISHING:
@@ -564,6 +589,9 @@ class RealtimeStream:
                 self._bytes = ByteAudio(config.decoder)
             if config.silence_ms != self.session_config.silence_ms:
                 self._out.append(Endpointing(config.silence_ms))
+            if config.keywords != self.session_config.keywords:
+                self._keywords_before = self.session_config.keywords
+                self._out.append(Keyterms(config.keywords))
             self._turns.config = config
             self._send({"type": "session.updated", "event_id": self._ids.event(),
                         "session": session_object(config, self.session_id)})
