@@ -128,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--drain-seconds", type=float, default=d.drain_seconds,
                        help="after SIGTERM, how long open streams may go on before they are finalized "
                        "(default: %(default)s)")
+    serve.add_argument("--instance-name", default=d.instance_name, metavar="NAME",
+                       help="name this server to clients (native hello and Deepgram Metadata `instance`), e.g. "
+                       "the pod name, so a client behind a load balancer sees which server it reached; not "
+                       "sent when unset")
 
     _document_sources(serve)
 

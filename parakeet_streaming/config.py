@@ -47,6 +47,7 @@ class ServerConfig:
     endpoint_signal: str = "vad"  # vad | tokens | either
     vad_threshold: float = 0.5
     keyterms_file: str | None = None  # the server's key terms, one per line (preflight.read_keyterms_file)
+    instance_name: str | None = None  # names this server in hello / Metadata (ModelInfo.instance); None: not sent
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -1,9 +1,12 @@
 """A server names itself to clients when `ModelInfo.instance` is set (a Ray replica's id, a pod's
 name): the native `hello` carries `"instance"`, Deepgram's closing `Metadata` too; unset, neither
-message changes (existing clients see exactly the fields they did). Sans-I/O, no engine."""
+message changes (existing clients see exactly the fields they did). Sans-I/O, and one real server
+named by PARAKEET_INSTANCE_NAME as deploy/k8s names a pod."""
 from __future__ import annotations
 
 import json
+
+import pytest
 
 from parakeet_streaming.config import ServerConfig
 from parakeet_streaming.engine.events import Result
@@ -50,7 +53,6 @@ def test_kubernetes_pods_are_named_by_their_pod_name():
     it as --instance-name through the generic PARAKEET_<FLAG> settings."""
     from pathlib import Path
 
-    import pytest
     import yaml
 
     from parakeet_streaming.cli import config_from_args, parse_args
@@ -61,6 +63,29 @@ def test_kubernetes_pods_are_named_by_their_pod_name():
     env = {e["name"]: e for e in container["env"]}
     assert env["PARAKEET_INSTANCE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     config = config_from_args(parse_args(["serve"], {"PARAKEET_INSTANCE_NAME": "parakeet-streaming-7d9f-x2"}))
-    if not hasattr(config, "instance_name"):
-        pytest.skip("parakeet-server serve has no --instance-name flag yet")
     assert config.instance_name == "parakeet-streaming-7d9f-x2"
+    assert config_from_args(parse_args(["serve"], {})).instance_name is None  # unset: nothing is sent
+
+
+@pytest.mark.slow
+async def test_a_served_stream_names_the_server_from_the_environment(monkeypatch, tmp_path):
+    """`parakeet-server serve` with PARAKEET_INSTANCE_NAME (as a pod gets it): the hello over the
+    WebSocket port and the closing Metadata of Deepgram's /v1/listen carry the name."""
+    from conftest import GOLDEN
+    from server_helpers import start_server_process, stop_server_process
+    from websockets.asyncio.client import connect
+
+    monkeypatch.setenv("PARAKEET_INSTANCE_NAME", "pod-a1")
+    proc, ports = start_server_process(["--model", str(GOLDEN / "small" / "model.nemo"), "--max-num-streams", "2"],
+                                       log=tmp_path / "server.log")
+    try:
+        async with connect(f"ws://127.0.0.1:{ports['ws']}/") as ws:
+            hello = json.loads(await ws.recv())
+        async with connect(f"ws://127.0.0.1:{ports['ws']}/v1/listen?encoding=linear16&sample_rate=16000") as ws:
+            await ws.send(bytes(6400))
+            await ws.send(json.dumps({"type": "CloseStream"}))
+            messages = [json.loads(m) async for m in ws]
+    finally:
+        stop_server_process(proc)
+    assert hello["type"] == "hello" and hello["instance"] == "pod-a1"
+    assert messages[-1]["type"] == "Metadata" and messages[-1]["instance"] == "pod-a1"

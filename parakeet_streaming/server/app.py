@@ -214,7 +214,7 @@ async def serve(config: ServerConfig, model: Any | None = None) -> int:
             return 0
         engine = build_engine(model, config)
         engine.start()
-        app.attach(engine, ModelInfo.of(model))
+        app.attach(engine, ModelInfo.of(model, config.instance_name))
         await app.start_streaming()
         print(app.banner(config.device), flush=True)
         announce = asyncio.create_task(_announce_ready(engine))
