@@ -216,21 +216,3 @@ def test_the_server_list_is_checked_against_the_model_and_shares_the_limit(golde
         engine.compile_keyterms(words[990:1001])
     assert engine.compile_keyterms([]) is engine.compile_keyterms(())  # the server's tree, cached
 
-
-def test_a_list_rejected_after_the_upgrade_is_a_deepgram_error_and_a_policy_close() -> None:
-    """Where no upgrade check ran (the protocol driven directly), the engine's rejection still gets
-    Deepgram's shape: an Error, then close 1008; nothing else is affected."""
-    from parakeet_streaming.config import ServerConfig
-    from parakeet_streaming.engine.events import KeytermsRejected
-    from parakeet_streaming.server import deepgram as dg
-    from parakeet_streaming.server.context import ModelInfo
-    from parakeet_streaming.server.wire import Close, Keyterms, Request, Send
-
-    stream = dg.DeepgramStream(Request("/v1/listen?keyterm=good&keywords=name:4"), ServerConfig(), ModelInfo("m"))
-    stream.open(1, 0.0)
-    assert [o for o in stream.outputs() if isinstance(o, Keyterms)] == [Keyterms(("good", ("name", 4.0)))]
-    stream.engine_event(KeytermsRejected(1, "key term 'X' cannot be spelled"))
-    out = stream.outputs()
-    assert [json.loads(o.data) for o in out if isinstance(o, Send)] == [
-        {"type": "Error", "variant": "bad_request", "description": "keyterm: key term 'X' cannot be spelled"}]
-    assert out[-1] == Close(1008, "keyterm: key term 'X' cannot be spelled")
