@@ -11,7 +11,7 @@ import numpy as np
 def _sounddevice() -> ModuleType:
     try:
         import sounddevice
-    except ImportError as exc:  # also raised when the PortAudio library is missing
+    except (ImportError, OSError) as exc:  # sounddevice raises OSError when PortAudio is missing
         raise ImportError("microphone capture needs the `sounddevice` package and PortAudio: "
                           "pip install 'parakeet-streaming[mic]' (Debian: apt-get install libportaudio2)"
                           ) from exc
