@@ -124,10 +124,24 @@ async function connectRetrying(): Promise<StreamingClient> {
   }
 }
 
+// A slot is taken by a stream's first audio, on the engine thread: until every holder's audio has
+// arrived there, a new connection is still greeted (and closed again here).
+async function connectUntilRefused(): Promise<void> {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const client = await StreamingClient.connect(URL_, { apiKey });
+    client.close();
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
 test("server_full surfaces as ServerError with its code", async () => {
   const open: StreamingClient[] = [];
-  for (let i = 0; i < SLOTS; i++) open.push(await connectRetrying());
-  await assert.rejects(StreamingClient.connect(URL_, { apiKey }), (err: unknown) => {
+  for (let i = 0; i < SLOTS; i++) {
+    const holder = await connectRetrying();
+    holder.sendAudio(wav.samples.subarray(0, 8000));  // takes its slot
+    open.push(holder);
+  }
+  await assert.rejects(connectUntilRefused(), (err: unknown) => {
     assert.ok(err instanceof ServerError);
     assert.equal(err.code, "server_full");
     return true;
