@@ -167,7 +167,7 @@ class Engine:
         (cached by list); raises KeytermError. Pass the result to set_keyterms. The stream's terms
         come first, so an error's entry number is the stream's own."""
         default = self.default_keyterms
-        if default and isinstance(keyterms, (list, tuple)):
+        if default and isinstance(keyterms, Sequence) and not isinstance(keyterms, (str, bytes)):
             cap = self.runner.compile_keyterms.max_keyterms
             if len(keyterms) + len(default) > cap:
                 raise KeytermError(f"at most {cap} key terms per stream, and the server adds {len(default)} "
