@@ -56,3 +56,39 @@ def test_the_flag_the_environment_and_the_config_file(tmp_path) -> None:
     assert config_from_args(parse_args(["serve", "--config", str(config)], environ=env)).keyterms_file == "/from/env.txt"
     args = parse_args(["serve", "--keyterms-file", "/flag.txt"], environ=env)
     assert config_from_args(args).keyterms_file == "/flag.txt"
+
+
+def test_transcribe_with_a_keyterms_file_gives_nemos_boosted_tokens(tmp_path) -> None:
+    """The flag reaches the engine: `parakeet-server transcribe --keyterms-file` decodes the NeMo-saved
+    small model's fixture with NeMo's tokens for that list; a term the model cannot spell is one
+    line, exit 2."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+    from integration_helpers import write_wav
+
+    golden = Path(__file__).parent / "golden"
+    case = golden / "keyterms" / "small_R1.json"
+    if not case.exists():
+        pytest.skip("no key-term references (run scripts/make_golden.py --keyterms)")
+    stream = json.loads(case.read_text())["streams"][1]  # NeMo's default scores, plain phrases
+    samples = dict(np.load(golden / "small" / "ref_speech_R1.npz"))["samples"]
+    wav = write_wav(tmp_path / "speech.wav", samples, 16000)  # the samples are pcm16 values: exact
+    terms = tmp_path / "terms.txt"
+    cmd = [sys.executable, "-m", "parakeet_streaming.cli", "transcribe", str(wav), "--model",
+           str(golden / "small" / "model.nemo"), "--att-context-size", "70,1", "--keyterms-file", str(terms)]
+
+    terms.write_text("".join(f"{t}\n" for t in stream["keyterms"]))
+    out = subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["token_ids"] == stream["offline_tokens"]
+
+    terms.write_text("good\nNVIDIA\n")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("parakeet-server: --keyterms-file") and \
+        "cannot be spelled" in lines[0], out.stderr

@@ -181,6 +181,12 @@ class LoadingEngine:
     def set_endpointing(self, stream_id: int, silence_ms: int) -> None:
         pass
 
+    def compile_keyterms(self, keyterms: Any) -> None:
+        return None  # no tokenizer yet; streams are refused during the load anyway
+
+    def set_keyterms(self, stream_id: int, compiled: Any) -> None:
+        pass
+
     def stats_snapshot(self) -> EngineStats:
         return EngineStats()
 
@@ -188,10 +194,17 @@ class LoadingEngine:
 def build_engine(model: Any, config: ServerConfig) -> Any:
     from parakeet_streaming.endpointing import resolve
     from parakeet_streaming.engine.engine import Engine
+    from parakeet_streaming.model.boosting import KeytermError
+    from parakeet_streaming.preflight import PreflightError, read_keyterms_file
 
     endpoint = resolve(config.endpoint_silence_ms, config.endpoint_signal, config.vad_threshold,
                        model_has_eou=model.tokenizer.eou_id is not None)
-    return Engine(model, config.max_num_streams, device=config.device, endpoint=endpoint)
+    try:
+        return Engine(model, config.max_num_streams, device=config.device, endpoint=endpoint,
+                      keyterms=read_keyterms_file(config.keyterms_file))
+    except KeytermError as exc:
+        raise PreflightError(f"--keyterms-file {config.keyterms_file}: {exc} (write key terms as the "
+                             "model writes them, see docs/keyterms.md)") from exc
 
 
 async def serve(config: ServerConfig, model: Any | None = None) -> int:
