@@ -5,7 +5,9 @@ websockets client -> Serve's HTTP proxy -> replica's ASGI app -> the stream core
 Covers issue 13's proofs: streams spread over 2 replicas with the tokens of a single
 `parakeet-server serve`; every slot taken -> `server_full` within a second; a killed replica's clients
 are closed quickly while the other replica's streams finish, and Serve brings the replica back;
-autoscaling 1 -> 2 -> 1 on open streams; a stopped replica lets its open streams finish."""
+autoscaling 1 -> 2 -> 1 on open streams; a stopped replica lets its open streams finish. Each replica
+names itself (its Serve replica id) in the native hello and Deepgram's Metadata; OpenAI's file
+transcription route answers through the proxy as a single server's does."""
 from __future__ import annotations
 
 import asyncio
@@ -99,7 +101,7 @@ class Stream:
 
     def __init__(self, ws: Any, hello: dict) -> None:
         self.ws, self.hello, self.messages = ws, hello, []
-        self.replica = ws.response.headers.get(INSTANCE_HEADER)
+        self.replica = hello.get("instance")  # the replica names itself in hello (Serve replica id)
 
     @classmethod
     async def open(cls, url: str) -> "Stream":
@@ -148,8 +150,9 @@ async def deepgram_transcript(base: str, speech: np.ndarray) -> tuple[str, Any]:
                 messages.append(json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)))
         except ConnectionClosed:
             pass
-        instance = ws.response.headers.get(INSTANCE_HEADER)
+        instance = messages[-1].get("instance") if messages else None
     assert messages and messages[-1]["type"] == "Metadata", messages[-2:]
+    assert instance == ws.response.headers.get(INSTANCE_HEADER)
     text = " ".join(m["channel"]["alternatives"][0]["transcript"] for m in messages
                     if m["type"] == "Results" and m["is_final"]).split()
     return " ".join(text), instance
@@ -168,11 +171,20 @@ def single_server(speech: np.ndarray, tmp_path_factory) -> dict[str, Any]:
             return await stream.collect()
         tokens = final_tokens(asyncio.run(native()))
         deepgram, _ = asyncio.run(deepgram_transcript(f"ws://127.0.0.1:{ports['ws']}", speech))
+        file_text = file_transcript(f"http://127.0.0.1:{ports['http']}/v1")
     finally:
         stop_server_process(proc)
     assert len(tokens) > 10, "the tiny checkpoint should emit tokens on speech.wav"
-    assert deepgram
-    return {"tokens": tokens, "deepgram": deepgram}
+    assert deepgram and file_text
+    return {"tokens": tokens, "deepgram": deepgram, "file_text": file_text}
+
+
+def file_transcript(base_url: str) -> str:
+    """speech.wav through POST /v1/audio/transcriptions with the `openai` package."""
+    openai = pytest.importorskip("openai")
+    with open(GOLDEN / "speech.wav", "rb") as f:
+        return openai.OpenAI(base_url=base_url, api_key="-", max_retries=0).audio.transcriptions.create(
+            file=f, model="parakeet").text
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +200,8 @@ async def test_two_replicas_spread_streams_with_the_tokens_of_one_server(proxy_p
     replicas = [s.replica for s in streams]
     assert None not in replicas and len(set(replicas)) == 2, replicas
     assert sorted(replicas.count(r) for r in set(replicas)) == [SLOTS, SLOTS]
+    assert set(replicas) == set(replica_pids())  # the names are Serve's replica ids
+    assert [s.ws.response.headers.get(INSTANCE_HEADER) for s in streams] == replicas  # and the upgrade's header
     with urllib.request.urlopen(f"http://127.0.0.1:{proxy_port}/readyz", timeout=10) as r:
         assert r.status == 200 and json.loads(r.read()) == {"status": "ready"}
         assert r.headers[INSTANCE_HEADER] in replicas
@@ -210,6 +224,26 @@ async def test_deepgram_and_realtime_protocols_through_the_proxy(proxy_port, spe
     assert refused.value.response.status_code == 400
     async with connect(f"ws://127.0.0.1:{proxy_port}/v1/realtime?intent=transcription", open_timeout=TIMEOUT) as ws:
         assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))["type"] == "session.created"
+
+
+async def test_file_transcription_through_the_proxy(proxy_port, single_server):
+    """OpenAI's POST /v1/audio/transcriptions through Serve's proxy with the `openai` package: the
+    text of a single server's route for the same file, as json and as streamed events, and a 4xx in
+    OpenAI's shape; every response names the replica that served it."""
+    openai = pytest.importorskip("openai")
+    deploy(num_replicas=2)
+    client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{proxy_port}/v1", api_key="-", max_retries=0)
+    with open(GOLDEN / "speech.wav", "rb") as f:
+        raw = await client.audio.transcriptions.with_raw_response.create(file=f, model="parakeet")
+    assert raw.headers[INSTANCE_HEADER] in replica_pids()
+    assert raw.parse().text == single_server["file_text"]
+    with open(GOLDEN / "speech.wav", "rb") as f:
+        events = [ev async for ev in await client.audio.transcriptions.create(file=f, model="parakeet", stream=True)]
+    assert events[-1].type == "transcript.text.done" and events[-1].text == raw.parse().text
+    assert "".join(ev.delta for ev in events if ev.type == "transcript.text.delta") == events[-1].text
+    with open(Path(__file__), "rb") as f, pytest.raises(openai.BadRequestError) as info:
+        await client.audio.transcriptions.create(file=f, model="parakeet")
+    assert info.value.code == "unsupported_format"
 
 
 async def test_each_replicas_metrics_reach_rays_export(proxy_port, metrics_port, speech):
@@ -386,16 +420,17 @@ async def test_stopping_replica_lets_open_streams_finish(proxy_port, speech, sin
 
 
 async def test_serve_run_with_the_shipped_config(proxy_port, speech, single_server_tokens, tmp_path):
-    """deploy/ray/serve.yaml, with the tiny checkpoint and no CPU reservation, deployed by Ray's own
-    `serve run` CLI into this cluster; then a stream through the proxy."""
+    """deploy/ray/serve.yaml, with the tiny checkpoint, no CPU reservation and an --instance-name,
+    deployed by Ray's own `serve run` CLI into this cluster; then a stream through the proxy."""
     import subprocess
     import sys
 
     import yaml
 
+    serve.delete(APP)  # no replica of an earlier app may take the stream
     config = yaml.safe_load((Path(__file__).parents[1] / "deploy" / "ray" / "serve.yaml").read_text())
     (app,) = config["applications"]
-    app["args"]["server_args"] = f"--model {MODEL} --max-num-streams {SLOTS} --drain-seconds 5"
+    app["args"]["server_args"] = f"--model {MODEL} --max-num-streams {SLOTS} --drain-seconds 5 --instance-name asr"
     (deployment,) = app["deployments"]
     deployment["ray_actor_options"] = {"num_cpus": 0}
     deployment["autoscaling_config"] |= {"max_replicas": 1, "target_ongoing_requests": SLOTS}
@@ -409,6 +444,8 @@ async def test_serve_run_with_the_shipped_config(proxy_port, speech, single_serv
     await wait_for(lambda: running() == 1, 120, "the config's app")
     stream = await Stream.open(f"ws://127.0.0.1:{proxy_port}/")
     assert stream.hello["type"] == "hello"
+    prefix, _, replica = stream.replica.partition("-")
+    assert prefix == "asr" and replica in replica_pids(), stream.replica  # --instance-name prefixes the replica id
     await stream.send(speech, final=True)
     assert final_tokens(await stream.collect()) == single_server_tokens
     serve.delete(APP)

@@ -69,7 +69,9 @@ class ParakeetReplica:
         if self.engine.phase != "ready":
             self.engine.shutdown()
             raise RuntimeError(f"engine did not warm up (phase {self.engine.phase}); Serve retries the replica")
-        self.instance = serve.get_replica_context().replica_id.unique_id
+        replica = serve.get_replica_context().replica_id.unique_id
+        # every replica gets the same server_args: --instance-name can only prefix the replica id
+        self.instance = f"{config.instance_name}-{replica}" if config.instance_name else replica
         self.ctx = ServerContext(self.engine, config, ModelInfo.of(model, self.instance),
                                  auth=Authenticator.from_config(config))
         self.ctx.metrics.watch(self.ctx)
