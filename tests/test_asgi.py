@@ -180,3 +180,48 @@ async def test_file_transcription_through_the_asgi_app(engine_factory, speech, s
             with open(speech_wav, "rb") as f, pytest.raises(openai.RateLimitError) as info:
                 await client.audio.transcriptions.create(file=f, model="parakeet")
             assert info.value.code == "server_full"
+
+
+async def test_asgi_transcription_client_leaving_frees_the_slot_and_bad_bodies_get_400(engine_factory, speech):
+    """A streamed transcription whose client leaves after the first event: the ASGI app sees the
+    disconnect, the engine stream is aborted and the slot is free; a body that is not a multipart
+    form, or a broken one, is a 400 in OpenAI's shape."""
+    import io
+    import wave
+
+    import aiohttp
+
+    pytest.importorskip("python_multipart", reason="python-multipart is not installed (the `ray` extra brings it)")
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(np.clip(np.round(np.tile(speech, 15) * 32768), -32768, 32767).astype("<i2").tobytes())
+    seconds = 15 * len(speech) / 16000
+    engine, model = engine_factory(1)
+    ctx = ServerContext(engine, ServerConfig(max_num_streams=1), ModelInfo.of(model))
+    before = engine.stats_snapshot().audio_seconds
+    async with mounted(ctx) as port:
+        url = f"http://127.0.0.1:{port}/asr/v1/audio/transcriptions"
+        form = aiohttp.FormData()
+        form.add_field("file", buf.getvalue(), filename="long.wav")
+        form.add_field("stream", "true")
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url, data=form) as r:
+                assert r.status == 200 and r.content_type == "text/event-stream"
+                assert (await r.content.readline()).startswith(b"data: ")
+                assert engine.num_active == 1
+        for _ in range(1500):
+            if engine.num_active == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert engine.num_active == 0
+        decoded = engine.stats_snapshot().audio_seconds - before
+        assert decoded < seconds - 5, (decoded, seconds)  # aborted, not decoded to the end
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url, data=b"{}", headers={"Content-Type": "application/json"}) as r:
+                assert r.status == 400 and (await r.json())["error"]["code"] == "bad_request"
+            broken = b"--xyz\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nRIFF"  # no closing boundary
+            async with http.post(url, data=broken, headers={"Content-Type": "multipart/form-data; boundary=xyz"}) as r:
+                assert r.status == 400, await r.text()

@@ -212,6 +212,10 @@ def _multipart(content_type: str, receive: Receive) -> Callable[[FormReader], Aw
             raise RequestError(400, "bad_request", "the multipart/form-data Content-Type has no boundary")
         name, value, disposition = bytearray(), bytearray(), b""
 
+        def part_begin() -> None:
+            nonlocal disposition
+            disposition = b""
+
         def header_end() -> None:
             nonlocal disposition
             if bytes(name).lower() == b"content-disposition":
@@ -226,6 +230,7 @@ def _multipart(content_type: str, receive: Receive) -> Callable[[FormReader], Aw
                          None if filename is None else filename.decode("utf-8", "replace"))
 
         parser = MultipartParser(boundary, {
+            "on_part_begin": part_begin,
             "on_header_field": lambda data, start, end: name.extend(data[start:end]),
             "on_header_value": lambda data, start, end: value.extend(data[start:end]),
             "on_header_end": header_end,
