@@ -37,7 +37,7 @@ from parakeet_streaming.server.byte_audio import ByteAudio
 from parakeet_streaming.server.context import ModelInfo, ServerContext
 from parakeet_streaming.server.intake import AudioIntake
 from parakeet_streaming.server.wire import (OVERSIZED, Audio, Close, Endpointing, Finish, Flush, Keyterms, Message,
-                                            Output, Request, Send, State)
+                                            Output, Request, Send, State, state_after)
 
 log = logging.getLogger("parakeet_streaming.deepgram")
 
@@ -602,10 +602,7 @@ class DeepgramStream:
     # --- outputs -----------------------------------------------------------------------------
     def _command(self, cmd: Audio | Flush | Finish) -> None:
         self._out.append(cmd)
-        if isinstance(cmd, Finish) or (isinstance(cmd, Audio) and cmd.final):
-            self.state = State.FINISHING
-        elif self.state is State.WAITING:
-            self.state = State.STREAMING
+        self.state = state_after(self.state, cmd)
 
     def _error(self, variant: str, description: str, code: str) -> None:
         self._send({"type": "Error", "variant": variant, "description": description}, error=code)

@@ -5,7 +5,8 @@ ctx: ServerContext)` function, and call it from `build_http_app` below (the one 
 registered). Handlers get the `ServerContext` (engine, config, model, metrics, sessions, `draining`,
 `readiness()`) explicitly, e.g. closed over in `add_routes`. Every path not in `PUBLIC_PATHS`
 requires the API key when keys are configured (`_auth_middleware`: `Authorization: Bearer KEY` or
-`?token=KEY`); add a path there only if it must work without a key, as probes and scrapers do. Static files: `app.router.add_static`.
+`?token=KEY`); add a path there only if it must work without a key, as probes and scrapers do.
+Static files: `app.router.add_static`.
 New work should refuse to start while `ctx.draining` is true (503), as the streaming ports do.
 """
 from __future__ import annotations

@@ -17,7 +17,7 @@ from parakeet_streaming.server import protocol as proto
 from parakeet_streaming.server.context import ModelInfo
 from parakeet_streaming.server.intake import AudioIntake
 from parakeet_streaming.server.wire import (OVERSIZED, Audio, Close, Endpointing, Finish, Flush, Keyterms, Message,
-                                            Output, Request, Send, State)
+                                            Output, Request, Send, State, state_after)
 
 log = logging.getLogger("parakeet_streaming.session")
 
@@ -195,10 +195,7 @@ class NativeStream:
 
     def _command(self, cmd: Audio | Flush | Finish) -> None:
         self._out.append(cmd)
-        if isinstance(cmd, Finish) or (isinstance(cmd, Audio) and cmd.final):
-            self.state = State.FINISHING
-        elif self.state is State.WAITING:
-            self.state = State.STREAMING
+        self.state = state_after(self.state, cmd)
 
     def _send(self, msg: dict) -> None:
         self._out.append(Send(proto.dumps(msg), msg["code"] if msg.get("type") == "error" else None))

@@ -38,7 +38,7 @@ from parakeet_streaming.server.byte_audio import ByteAudio
 from parakeet_streaming.server.context import ModelInfo
 from parakeet_streaming.server.intake import AudioIntake
 from parakeet_streaming.server.wire import (OVERSIZED, Audio, Close, Endpointing, Finish, Flush, Keyterms, Message,
-                                            Output, Request, Send, State)
+                                            Output, Request, Send, State, state_after)
 
 log = logging.getLogger("parakeet_streaming.openai_realtime")
 
@@ -641,10 +641,7 @@ class RealtimeStream:
     # --- outputs -----------------------------------------------------------------------------
     def _command(self, cmd: Audio | Flush | Finish) -> None:
         self._out.append(cmd)
-        if isinstance(cmd, Finish) or (isinstance(cmd, Audio) and cmd.final):
-            self.state = State.FINISHING
-        elif self.state is State.WAITING:
-            self.state = State.STREAMING
+        self.state = state_after(self.state, cmd)
 
     def _error(self, exc: RealtimeError) -> None:
         self._send(error_event(exc, self._ids.event()), error=exc.code)

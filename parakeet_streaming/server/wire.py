@@ -85,6 +85,14 @@ Command = Audio | Flush | Finish | Endpointing | Keyterms
 Output = Command | Send | Close
 
 
+def state_after(state: State, cmd: Audio | Flush | Finish) -> State:
+    """The stream's state once it has sent `cmd`: the last audio makes it FINISHING, its first
+    audio (or flush) takes it out of WAITING."""
+    if isinstance(cmd, Finish) or (isinstance(cmd, Audio) and cmd.final):
+        return State.FINISHING
+    return State.STREAMING if state is State.WAITING else state
+
+
 @dataclass(frozen=True)
 class Request:
     """What the transport knows about the connection."""
