@@ -84,3 +84,12 @@ def tiny_model(speech: np.ndarray) -> ASRModel:
 def transport(request: pytest.FixtureRequest) -> str:
     """Each streaming transport in turn (server_helpers.open_client / transcribe_over take the name)."""
     return request.param
+
+
+@pytest.fixture(scope="module")
+def keyterm_case():
+    """The NeMo key-term fixture of the small model: see keyterm_helpers.load_case."""
+    from keyterm_helpers import load_case
+
+    return load_case()
+

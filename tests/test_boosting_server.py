@@ -4,31 +4,16 @@ the NeMo-saved small model behind the real engine and server."""
 from __future__ import annotations
 
 import asyncio
-import json
-from pathlib import Path
 from urllib.parse import urlencode
 
 import numpy as np
 import pytest
+from keyterm_helpers import skip_without_case
 from server_helpers import WsClient, chunks, finals, running_server, tokens_of
 
 from parakeet_streaming.engine.engine import Engine
-from parakeet_streaming.model.loader import load_model
 
-GOLDEN = Path(__file__).parent / "golden"
-CASE = GOLDEN / "keyterms" / "small_R1.json"
-
-if not CASE.exists():
-    pytest.skip("no key-term references (run scripts/make_golden.py --keyterms)", allow_module_level=True)
-
-
-@pytest.fixture(scope="module")
-def golden():
-    doc = json.loads(CASE.read_text())
-    ref = dict(np.load(GOLDEN / "small" / "ref_speech_R1.npz"))
-    model = load_model(str(GOLDEN / "small" / "model.nemo"))
-    model.set_att_context_size((70, 1))
-    return doc, ref, model
+skip_without_case()
 
 
 async def stream(app, samples: np.ndarray, path: str = "/", config: dict | None = None) -> list[dict]:
@@ -43,8 +28,8 @@ async def stream(app, samples: np.ndarray, path: str = "/", config: dict | None 
     return await client.collect()
 
 
-def test_keyterms_over_websocket_match_nemo(golden) -> None:
-    doc, ref, model = golden
+def test_keyterms_over_websocket_match_nemo(keyterm_case) -> None:
+    doc, ref, model = keyterm_case
     samples = ref["samples"]
     default = doc["streams"][1]  # NeMo's default parameters, which the protocol uses
     broad = doc["streams"][3]
@@ -75,7 +60,7 @@ def test_keyterms_over_websocket_match_nemo(golden) -> None:
         engine.shutdown()
 
 
-def test_keyterms_shape_errors(golden) -> None:
+def test_keyterms_shape_errors(keyterm_case) -> None:
     from parakeet_streaming.server import protocol as proto
 
     with pytest.raises(proto.ProtocolError, match="must be a list"):
@@ -89,8 +74,8 @@ def test_keyterms_shape_errors(golden) -> None:
     assert proto.options_from_query("/?keyterms=good+morning&keyterms=kitchen").keyterms == ("good morning", "kitchen")
 
 
-def test_keyterms_survive_a_flush_and_leave_with_the_stream(golden) -> None:
-    _, ref, model = golden
+def test_keyterms_survive_a_flush_and_leave_with_the_stream(keyterm_case) -> None:
+    _, ref, model = keyterm_case
     engine = Engine(model, 2)
     engine.start()
     trees = engine.runner.table.keyterms.trees

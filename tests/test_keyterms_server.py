@@ -9,12 +9,12 @@ import asyncio
 import base64
 import itertools
 import json
-from pathlib import Path
 from urllib.parse import urlencode
 
 import numpy as np
 import pytest
 from integration_helpers import pcm16, same_words
+from keyterm_helpers import skip_without_case
 from server_helpers import TIMEOUT, WsClient, finals, running_server, tokens_of
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -22,22 +22,8 @@ from websockets.exceptions import InvalidStatus
 from parakeet_streaming import audio
 from parakeet_streaming.engine.engine import Engine
 from parakeet_streaming.model.boosting import KeytermError
-from parakeet_streaming.model.loader import load_model
 
-GOLDEN = Path(__file__).parent / "golden"
-CASE = GOLDEN / "keyterms" / "small_R1.json"
-
-if not CASE.exists():
-    pytest.skip("no key-term references (run scripts/make_golden.py --keyterms)", allow_module_level=True)
-
-
-@pytest.fixture(scope="module")
-def golden():
-    doc = json.loads(CASE.read_text())
-    ref = dict(np.load(GOLDEN / "small" / "ref_speech_R1.npz"))
-    model = load_model(str(GOLDEN / "small" / "model.nemo"))
-    model.set_att_context_size((70, 1))
-    return doc, ref, model
+skip_without_case()
 
 
 def run(model, main, slots: int = 4, **engine_args) -> None:
@@ -81,8 +67,8 @@ def deepgram_text(msgs: list[dict]) -> str:
                     if (t := m["channel"]["alternatives"][0]["transcript"]))
 
 
-def test_deepgram_keyterm_and_keywords_boost_as_the_native_protocol_does(golden) -> None:
-    doc, ref, model = golden
+def test_deepgram_keyterm_and_keywords_boost_as_the_native_protocol_does(keyterm_case) -> None:
+    doc, ref, model = keyterm_case
     samples, terms = ref["samples"], doc["streams"][1]["keyterms"]  # NeMo's default scores
     weighted = [*terms[:2], {"text": terms[2], "weight": 4.0}]
 
@@ -107,8 +93,8 @@ def test_deepgram_keyterm_and_keywords_boost_as_the_native_protocol_does(golden)
     run(model, main)
 
 
-def test_deepgram_refuses_an_unusable_list_before_the_upgrade(golden) -> None:
-    _, ref, model = golden
+def test_deepgram_refuses_an_unusable_list_before_the_upgrade(keyterm_case) -> None:
+    _, ref, model = keyterm_case
     samples = ref["samples"][:32000]
 
     async def refused(app, params: list[tuple[str, str]]) -> str:
@@ -156,8 +142,8 @@ async def realtime(app, events: list[str]) -> list[dict]:
         return got
 
 
-def test_openai_realtime_keywords_are_key_terms(golden) -> None:
-    doc, ref, model = golden
+def test_openai_realtime_keywords_are_key_terms(keyterm_case) -> None:
+    doc, ref, model = keyterm_case
     terms = doc["streams"][3]["keyterms"]  # 40 phrases: they change the transcript of the resampled audio too
     at24k = audio.resample(ref["samples"], 16000, 24000)
 
@@ -182,8 +168,8 @@ def test_openai_realtime_keywords_are_key_terms(golden) -> None:
     run(model, main, slots=5)
 
 
-def test_the_server_list_applies_to_every_stream_and_a_streams_own_extends_it(golden) -> None:
-    doc, ref, model = golden
+def test_the_server_list_applies_to_every_stream_and_a_streams_own_extends_it(keyterm_case) -> None:
+    doc, ref, model = keyterm_case
     samples, default, own = ref["samples"], doc["streams"][1]["keyterms"], doc["streams"][3]["keyterms"][:12]
     got: dict[str, list[int]] = {}
 
@@ -206,8 +192,8 @@ def test_the_server_list_applies_to_every_stream_and_a_streams_own_extends_it(go
     run(model, without_default)
 
 
-def test_the_server_list_is_checked_against_the_model_and_shares_the_limit(golden) -> None:
-    _, _, model = golden
+def test_the_server_list_is_checked_against_the_model_and_shares_the_limit(keyterm_case) -> None:
+    _, _, model = keyterm_case
     with pytest.raises(KeytermError, match="cannot be spelled"):
         Engine(model, 1, keyterms=["good", "NVIDIA"])
     words = ["".join(p) for p in itertools.product("abcdefghijk", repeat=3)]
