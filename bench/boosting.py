@@ -16,9 +16,10 @@ import statistics
 import time
 
 import torch
+from model_step import steady_step_times
 
 from parakeet_streaming.engine.runner import Runner
-from parakeet_streaming.model.loader import load_model, pseudo_speech
+from parakeet_streaming.model.loader import load_model
 
 
 def phrase_list(n: int, seed: int) -> list[str]:
@@ -28,31 +29,15 @@ def phrase_list(n: int, seed: int) -> list[str]:
 
 
 def time_steps(runner: Runner, batch: int, phrases: int, repeats: int) -> tuple[list[float], float]:
+    """Step times with `phrases` key terms per stream, and the mean time to open a slot with its list."""
     slots = list(range(batch))
-    audio = pseudo_speech(60.0, seed=1)
     compile_s = 0.0
     for s in slots:
         terms = phrase_list(phrases, seed=1000 * phrases + s) if phrases else None
         t0 = time.perf_counter()
         runner.open(s, terms)
         compile_s += time.perf_counter() - t0
-    warm = runner.first_frames * 160 + 199 + runner.chunk_samples * (70 // (runner.chunk_ms // runner.frame_ms) + 1)
-    for s in slots:
-        runner.push(s, audio[:warm])
-    pos = warm
-    while all(runner.ready(s) for s in slots):
-        runner.step(slots)
-    times = []
-    for _ in range(repeats):
-        chunk = audio[pos:pos + runner.chunk_samples]
-        pos += runner.chunk_samples
-        for s in slots:
-            runner.push(s, chunk)
-        t0 = time.perf_counter()
-        runner.step(slots)
-        times.append(time.perf_counter() - t0)
-    return times, compile_s / batch
-
+    return steady_step_times(runner, slots, repeats), compile_s / batch
 
 def main() -> None:
     ap = argparse.ArgumentParser()

@@ -21,10 +21,18 @@ from parakeet_streaming.model.loader import load_model, pseudo_speech
 
 def time_steps(runner: Runner, batch: int, repeats: int) -> list[float]:
     slots = list(range(batch))
-    audio = pseudo_speech(60.0, seed=1)
-    pos = 0
     for s in slots:
         runner.open(s)
+    try:
+        return steady_step_times(runner, slots, repeats)
+    finally:
+        for s in slots:
+            runner.release(s)
+
+
+def steady_step_times(runner: Runner, slots: list[int], repeats: int) -> list[float]:
+    """Seconds of `repeats` steps over opened `slots`, after enough audio to fill the caches."""
+    audio = pseudo_speech(60.0, seed=1)
     # First chunk plus enough steps to fill the 70-frame attention cache.
     warm = runner.first_frames * 160 + 199 + runner.chunk_samples * (70 // (runner.chunk_ms // runner.frame_ms) + 1)
     for s in slots:
@@ -41,10 +49,7 @@ def time_steps(runner: Runner, batch: int, repeats: int) -> list[float]:
         t0 = time.perf_counter()
         runner.step(slots)
         times.append(time.perf_counter() - t0)
-    for s in slots:
-        runner.release(s)
     return times
-
 
 def main() -> None:
     ap = argparse.ArgumentParser()
