@@ -40,6 +40,12 @@ def _context_size(text: str) -> tuple[int, int]:
     return left, right
 
 
+def _threads(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of cores, at least 1, got {text!r}")
+    return int(text)
+
+
 def _add_model_flags(p: argparse.ArgumentParser, d: ServerConfig) -> None:
     p.add_argument("--model-size", choices=["small", "large"], default=d.model_size,
                    help="which released model to use (default: %(default)s)")
@@ -55,6 +61,9 @@ def _add_model_flags(p: argparse.ArgumentParser, d: ServerConfig) -> None:
                    help="attention context (lookahead) to stream with, one the checkpoint was trained with "
                    "(default: the checkpoint's first)")
     p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1, mps (default: %(default)s)")
+    p.add_argument("--threads", type=_threads, default=d.threads, metavar="N",
+                   help="cores the engine's torch ops use (intra-op threads; every other thread of "
+                   "the server uses one; default: OMP_NUM_THREADS, else torch's count of cores)")
     p.add_argument("--dtype", default=d.dtype, choices=list(DTYPE_NAMES), metavar="DTYPE",
                    help="float32 (exact) | bfloat16 | float16 (or fp32, bf16, fp16): lower precision for "
                         "the encoder, see docs/performance.md (default: %(default)s)")
@@ -305,10 +314,13 @@ def _transcribe(args: argparse.Namespace) -> int:
     from parakeet_streaming.server import transcript_formats as fmt
     from parakeet_streaming.server.app import build_engine, load
 
+    from parakeet_streaming.engine.threads import reserve_for_engine
+
     config = replace(config_from_args(args), max_num_streams=1)
+    threads = reserve_for_engine(config.threads)  # before the load: this thread stays off the engine's cores
     model = load(config)
     samples = audio.resample(samples, rate, model.config.sample_rate)
-    engine = build_engine(model, config)  # with the endpointing flags: utterances end as when served
+    engine = build_engine(model, config, threads)  # with the endpointing flags: utterances end as when served
     engine.start()
     try:
         result = fmt.collect(asyncio.run(transcribe(engine, samples)), len(samples) / model.config.sample_rate)

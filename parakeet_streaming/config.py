@@ -32,6 +32,7 @@ class ServerConfig:
     att_context_size: tuple[int, int] | None = None
     sample_rate: int = 16000  # the rate clients send unless they declare another
     max_num_streams: int = 64
+    threads: int | None = None  # intra-op threads of the engine's torch ops; None: torch's default
     max_stream_seconds: float = 3600.0
     idle_timeout: float = 30.0  # seconds without any client message before the stream is closed
     handshake_timeout: float = 10.0  # seconds a connection may wait before its first audio (0: no limit)

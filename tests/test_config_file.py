@@ -26,8 +26,12 @@ def sample(action: argparse.Action) -> tuple[str, object]:
         return "4321", 4321
     if action.type is float:
         return "2.5", 2.5
-    if action.type is not None:  # --att-context-size
-        return "70,6", (70, 6)
+    if action.type is not None:  # --att-context-size, --threads: the first text their parser takes
+        for text in ("70,6", "3"):
+            try:
+                return text, action.type(text)
+            except argparse.ArgumentTypeError:
+                pass
     return "some-value", "some-value"
 
 

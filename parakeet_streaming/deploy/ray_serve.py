@@ -37,6 +37,7 @@ from parakeet_streaming.cli import build_parser, config_from_args
 from parakeet_streaming.config import ServerConfig
 from parakeet_streaming.deploy.asgi import asgi_app
 from parakeet_streaming.deploy.ray_metrics import RayMetricsBridge
+from parakeet_streaming.engine.threads import reserve_for_engine
 from parakeet_streaming.server.app import build_engine, load
 from parakeet_streaming.server.context import ModelInfo, ServerContext
 from parakeet_streaming.server.security import Authenticator
@@ -60,8 +61,9 @@ class ParakeetReplica:
 
     def __init__(self, server_args: str | Sequence[str] = ()) -> None:
         config = server_config(server_args)
+        threads = reserve_for_engine(config.threads)  # before the load: this thread stays off the engine's cores
         model = load(config)
-        self.engine = build_engine(model, config)
+        self.engine = build_engine(model, config, threads)
         self.engine.start()
         deadline = time.monotonic() + WARM_UP_TIMEOUT
         while self.engine.phase == "warming_up" and time.monotonic() < deadline:

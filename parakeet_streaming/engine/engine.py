@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from parakeet_streaming.endpointing import EndpointConfig, Endpointer, VadBank
-from parakeet_streaming.engine import scheduler
+from parakeet_streaming.engine import scheduler, threads as intra_op
 from parakeet_streaming.engine.events import EngineStats, EngineStopped, Event, ServerFull, StreamFailed
 from parakeet_streaming.engine.interface import Phase, Sink
 from parakeet_streaming.engine.runner import Runner, StepOutput
@@ -83,8 +83,9 @@ class _Stop:
 class Engine:
     def __init__(self, model: ASRModel, max_num_streams: int, device: str | torch.device = "cpu",
                  max_batch_size: int | None = None, endpoint: EndpointConfig | None = None,
-                 keyterms: Sequence[Any] = ()) -> None:
+                 keyterms: Sequence[Any] = (), threads: int | None = None) -> None:
         self.model = model
+        self.threads = threads or torch.get_num_threads()  # intra-op threads of the loop's torch ops
         self.runner = Runner(model, max_num_streams, device)
         # The server's key terms (--keyterms-file): every stream has them, and a stream's own list
         # adds to them (compile_keyterms). Compiled here, so a bad list fails at startup (KeytermError).
@@ -185,6 +186,7 @@ class Engine:
 
     # ---- the loop -------------------------------------------------------------------------
     def _run(self) -> None:
+        intra_op.use(self.threads)
         try:
             self._warm_up()
         except Exception:  # streams will fail one by one with a clear error; the loop still serves

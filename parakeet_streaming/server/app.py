@@ -191,7 +191,8 @@ class LoadingEngine:
         return EngineStats()
 
 
-def build_engine(model: Any, config: ServerConfig) -> Any:
+def build_engine(model: Any, config: ServerConfig, threads: int | None = None) -> Any:
+    """The engine for `model`; `threads` (from engine.threads.reserve_for_engine) or --threads."""
     from parakeet_streaming.endpointing import resolve
     from parakeet_streaming.engine.engine import Engine
     from parakeet_streaming.model.boosting import KeytermError
@@ -201,7 +202,7 @@ def build_engine(model: Any, config: ServerConfig) -> Any:
                        model_has_eou=model.tokenizer.eou_id is not None)
     try:
         return Engine(model, config.max_num_streams, device=config.device, endpoint=endpoint,
-                      keyterms=read_keyterms_file(config.keyterms_file))
+                      keyterms=read_keyterms_file(config.keyterms_file), threads=threads or config.threads)
     except KeytermError as exc:
         raise PreflightError(f"--keyterms-file {config.keyterms_file}: {exc} (write key terms as the "
                              "model writes them, see docs/keyterms.md)") from exc
@@ -220,12 +221,15 @@ async def serve(config: ServerConfig, model: Any | None = None) -> int:
         await app.start_http()
         log.info("http %s:%d is up: /healthz answers, /readyz says 'loading' until the model is ready",
                  config.host, app.ports["http"])
+        from parakeet_streaming.engine import threads
+
+        engine_threads = threads.reserve_for_engine(config.threads)  # this thread runs the transports
         if model is None:
-            model = await _load_unless_stopped(config, app.ctx, stop)
+            model = await _load_unless_stopped(config, app.ctx, stop, engine_threads)
         if model is None:
             log.info("stopped while loading the model")
             return 0
-        engine = build_engine(model, config)
+        engine = build_engine(model, config, engine_threads)
         engine.start()
         app.attach(engine, ModelInfo.of(model, config.instance_name))
         await app.start_streaming()
@@ -255,9 +259,10 @@ async def _announce_ready(engine: EngineAPI, poll_s: float = 0.1) -> None:
         log.warning("the warm-up step ended with the engine %s", engine.phase)
 
 
-async def _load_unless_stopped(config: ServerConfig, ctx: ServerContext, stop: asyncio.Task) -> Any | None:
-    """The model, loaded on a daemon thread (a signal can end the process mid-load); None if stopped.
-    Each phase of the load shows in /readyz as it starts."""
+async def _load_unless_stopped(config: ServerConfig, ctx: ServerContext, stop: asyncio.Task,
+                               threads: int) -> Any | None:
+    """The model, loaded on a daemon thread (a signal can end the process mid-load) that uses
+    `threads` cores and exits after; None if stopped. Each phase of the load shows in /readyz."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future = loop.create_future()
 
@@ -276,6 +281,9 @@ async def _load_unless_stopped(config: ServerConfig, ctx: ServerContext, stop: a
             done.set_result(result)
 
     def work() -> None:
+        from parakeet_streaming.engine.threads import use
+
+        use(threads)
         try:
             outcome = (load(config, on_phase=phase), None)
         except BaseException as exc:  # noqa: BLE001 - handed to the loop, raised there
