@@ -64,6 +64,9 @@ def _add_model_flags(p: argparse.ArgumentParser, d: ServerConfig) -> None:
     p.add_argument("--threads", type=_threads, default=d.threads, metavar="N",
                    help="cores the engine's torch ops use (intra-op threads; every other thread of "
                    "the server uses one; default: OMP_NUM_THREADS, else torch's count of cores)")
+    p.add_argument("--cuda-graphs", action="store_true", default=d.cuda_graphs,
+                   help="CUDA only: replay steady-state encoder steps as CUDA graphs at bucketed batch "
+                   "sizes (docs/performance.md, GPU paths)")
     p.add_argument("--dtype", default=d.dtype, choices=list(DTYPE_NAMES), metavar="DTYPE",
                    help="float32 (exact) | bfloat16 | float16 (or fp32, bf16, fp16): lower precision for "
                         "the encoder, see docs/performance.md (default: %(default)s)")

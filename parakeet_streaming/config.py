@@ -33,6 +33,7 @@ class ServerConfig:
     sample_rate: int = 16000  # the rate clients send unless they declare another
     max_num_streams: int = 64
     threads: int | None = None  # intra-op threads of the engine's torch ops; None: torch's default
+    cuda_graphs: bool = False  # CUDA only: steady-state encoder steps replayed as CUDA graphs (engine/graphs.py)
     max_stream_seconds: float = 3600.0
     idle_timeout: float = 30.0  # seconds without any client message before the stream is closed
     handshake_timeout: float = 10.0  # seconds a connection may wait before its first audio (0: no limit)
@@ -58,22 +59,18 @@ class ConfigError(ValueError):
 
 # Keys that only matter for training or offline batching; accepted and not used.
 _IGNORED = {
-    "_target_", "dither", "pad_to", "pad_value", "rng", "use_torchaudio", "nb_max_freq",
-    "dropout", "dropout_pre_encoder", "dropout_emb", "dropout_att", "stochastic_depth_drop_prob",
-    "stochastic_depth_mode", "stochastic_depth_start_layer", "att_context_probs", "use_pytorch_sdpa",
-    "use_pytorch_sdpa_backends", "sync_max_audio_length", "subsampling_conv_chunking_factor",
-    "t_max", "forget_gate_bias", "weights_init_scale", "hidden_hidden_bias_scale", "log_softmax",
-    "preserve_memory", "fuse_loss_wer", "fused_batch_size", "experimental_fuse_loss_wer",
-    "vocabulary", "random_state_sampling", "feat_out", "reduction", "reduction_position",
-    "reduction_factor", "global_tokens", "global_tokens_spacing", "global_attn_separate",
-    "normalization_mode", "encoder_hidden", "pred_hidden_in", "num_extra_outputs", "exact_pad",
-    "stft_exact_pad", "stft_conv", "nb_augmentation_prob", "mag_power", "log_zero_guard_type",
-    "mel_norm", "window", "normalize", "log", "frame_splicing", "causal_downsampling", "subsampling",
-    "self_attention_model", "att_context_style", "conv_norm_type", "conv_context_size", "blank_as_pad",
-    "n_window_size", "n_window_stride", "activation", "rnn_hidden_size",
+    "_target_", "dither", "pad_to", "pad_value", "rng", "use_torchaudio", "nb_max_freq", "dropout",
+    "dropout_pre_encoder", "dropout_emb", "dropout_att", "stochastic_depth_drop_prob",
+    "stochastic_depth_mode", "stochastic_depth_start_layer", "att_context_probs",
+    "use_pytorch_sdpa", "use_pytorch_sdpa_backends", "sync_max_audio_length",
+    "subsampling_conv_chunking_factor", "t_max", "forget_gate_bias", "weights_init_scale",
+    "hidden_hidden_bias_scale", "log_softmax", "preserve_memory", "fuse_loss_wer",
+    "fused_batch_size", "experimental_fuse_loss_wer", "vocabulary", "reduction_position",
+    "reduction_factor", "global_tokens_spacing", "global_attn_separate", "encoder_hidden",
+    "pred_hidden_in", "conv_context_size", "n_window_size", "n_window_stride", "rnn_hidden_size",
 }
 
-# key -> the values we implement. Anything else is a ConfigError naming the key.
+# key -> the values we implement (known keys, like `_IGNORED`'s). Anything else is a ConfigError naming the key.
 _REQUIRED_VALUES: dict[str, tuple[Any, ...]] = {
     "normalize": ("NA", "na", None), "window": ("hann",), "log": (True,), "frame_splicing": (1, None),
     "exact_pad": (False, None), "stft_exact_pad": (False, None), "stft_conv": (False, None),
@@ -177,7 +174,7 @@ def _check_section(name: str, section: dict[str, Any], used: set[str]) -> None:
         if key in _REQUIRED_VALUES and value not in _REQUIRED_VALUES[key]:
             allowed = ", ".join(repr(v) for v in _REQUIRED_VALUES[key])
             raise ConfigError(f"{name}.{key} = {value!r} is not supported (supported: {allowed})")
-        if key not in used and key not in _IGNORED:
+        if key not in used and key not in _IGNORED and key not in _REQUIRED_VALUES:
             raise ConfigError(f"{name}.{key} is not a setting this implementation knows")
 
 

@@ -18,6 +18,9 @@ def check_serve(config: ServerConfig) -> None:
     read_keyterms_file(config.keyterms_file)
     check_ports(config)
     check_device(config.device)
+    if config.cuda_graphs and not config.device.startswith("cuda"):
+        raise PreflightError(f"--cuda-graphs needs --device cuda (got {config.device}): elsewhere it "
+                             "would only pad batches")
 
 
 def check_model_flags(config: ServerConfig) -> None:

@@ -19,6 +19,8 @@ def sample(action: argparse.Action) -> tuple[str, object]:
     """A valid value for the flag that is not its default: (as text, as parsed)."""
     if isinstance(action, argparse._AppendAction):
         return "k1,k2", ["k1", "k2"]
+    if isinstance(action, argparse._StoreTrueAction):
+        return "true", True
     if action.choices is not None:
         choice = next(c for c in action.choices if c != action.default)
         return str(choice), choice

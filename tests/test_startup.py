@@ -47,6 +47,8 @@ def busy_port():
     (["--model-size", "large", "--att-context-size", "70,4"], {}, ["70,4", "trained with", "[70, 13]"]),
     (["--model", "/no/such/model.nemo", "--load-format", "auto"], {}, ["/no/such/model.nemo", "no such file"]),
     (["--device", "no-such-device"], {}, ["--device no-such-device"]),
+    (["--cuda-graphs"], {}, ["--cuda-graphs needs --device cuda", "cpu"]),
+    (["--threads", "0"], {}, ["--threads", "at least 1"]),
     (["--port", "9123", "--ws-port", "9123"], {}, ["--port and --ws-port", "9123"]),
     ([], {"PARAKEET_MAX_NUM_STREAMS": "many"}, ["PARAKEET_MAX_NUM_STREAMS", "integer"]),
 ])

@@ -83,10 +83,10 @@ class _Stop:
 class Engine:
     def __init__(self, model: ASRModel, max_num_streams: int, device: str | torch.device = "cpu",
                  max_batch_size: int | None = None, endpoint: EndpointConfig | None = None,
-                 keyterms: Sequence[Any] = (), threads: int | None = None) -> None:
+                 keyterms: Sequence[Any] = (), threads: int | None = None, cuda_graphs: bool = False) -> None:
         self.model = model
         self.threads = threads or torch.get_num_threads()  # intra-op threads of the loop's torch ops
-        self.runner = Runner(model, max_num_streams, device)
+        self.runner = Runner(model, max_num_streams, device, cuda_graphs=cuda_graphs)
         # The server's key terms (--keyterms-file): every stream has them, and a stream's own list
         # adds to them (compile_keyterms). Compiled here, so a bad list fails at startup (KeytermError).
         self.default_keyterms = tuple(keyterms)

@@ -202,7 +202,8 @@ def build_engine(model: Any, config: ServerConfig, threads: int | None = None) -
                        model_has_eou=model.tokenizer.eou_id is not None)
     try:
         return Engine(model, config.max_num_streams, device=config.device, endpoint=endpoint,
-                      keyterms=read_keyterms_file(config.keyterms_file), threads=threads or config.threads)
+                      keyterms=read_keyterms_file(config.keyterms_file), threads=threads or config.threads,
+                      cuda_graphs=config.cuda_graphs)
     except KeytermError as exc:
         raise PreflightError(f"--keyterms-file {config.keyterms_file}: {exc} (write key terms as the "
                              "model writes them, see docs/keyterms.md)") from exc
