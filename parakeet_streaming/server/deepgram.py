@@ -26,18 +26,15 @@ from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 from urllib.parse import parse_qs, urlsplit
 
-import numpy as np
-
 from parakeet_streaming.config import ServerConfig
 from parakeet_streaming.engine.events import Event, KeytermsRejected, Result, StreamFailed, UtteranceEnd
 from parakeet_streaming.engine.words import Word
 from parakeet_streaming.model.boosting import KeytermError, parse_weighted
-from parakeet_streaming.server import timeouts
 from parakeet_streaming.server.byte_audio import ByteAudio
 from parakeet_streaming.server.context import ModelInfo, ServerContext
 from parakeet_streaming.server.intake import AudioIntake
-from parakeet_streaming.server.wire import (OVERSIZED, Audio, Close, Endpointing, Finish, Flush, Keyterms, Message,
-                                            Output, Request, Send, State, state_after)
+from parakeet_streaming.server.wire import (CLOSE_AGAIN, CLOSE_ERROR, CLOSE_POLICY, CLOSE_TOO_BIG, OVERSIZED,
+                                            Endpointing, Keyterms, Message, Request, State, StreamProtocol)
 
 log = logging.getLogger("parakeet_streaming.deepgram")
 
@@ -278,16 +275,12 @@ def configure_failure(request_id: str, description: str) -> dict[str, Any]:
 
 def word_form(text: str) -> str:
     """Deepgram's `word`: lowercase, without leading or trailing punctuation."""
-    return _strip_punct(text).lower()
-
-
-def _strip_punct(text: str) -> str:
     start, end = 0, len(text)
     while start < end and unicodedata.category(text[start]).startswith("P"):
         start += 1
     while end > start and unicodedata.category(text[end - 1]).startswith("P"):
         end -= 1
-    return text[start:end]
+    return text[start:end].lower()
 
 
 def results(*, start_ms: int, end_ms: int, transcript: str, words: Sequence[Word], request_id: str,
@@ -450,10 +443,8 @@ class AudioDigest:
 
 # --- the per-connection protocol object (server/wire.py) ------------------------------------------
 
-CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_ERROR, CLOSE_AGAIN = 1008, 1009, 1011, 1013
 
-
-class DeepgramStream:
+class DeepgramStream(StreamProtocol):
     """`/v1/listen` for one connection. WAITING (no audio yet, no slot) --audio / Finalize /
     CloseStream--> STREAMING --CloseStream / fatal error--> FINISHING --final Result: final
     `Results`, `Metadata`--> CLOSED. There is no greeting: Deepgram sends nothing until it has
@@ -461,19 +452,12 @@ class DeepgramStream:
     shutdown) send an `Error`, decode what was received, then `Metadata` and close with a code."""
 
     def __init__(self, request: Request, config: ServerConfig, model: ModelInfo) -> None:
-        self.request, self.config, self.model = request, config, model
-        self.state = State.WAITING
-        self.outcome = "aborted"
+        super().__init__(request, config, model)
         self.options = ListenOptions()
         self.request_id = str(uuid.uuid4())
         self._transcript = Transcript(self.options, model.name, self.request_id)
-        self._intake = AudioIntake(config.sample_rate, model.sample_rate, config.max_stream_seconds)
         self._bytes = ByteAudio("pcm16")
         self._digest = AudioDigest(config.sample_rate, 2)
-        self._out: list[Output] = []
-        self._fatal = False
-        self._close_code, self._close_reason = 1000, ""
-        self._last = 0.0
 
     # --- inputs ------------------------------------------------------------------------------
     def open(self, stream_id: int, now: float) -> None:
@@ -486,7 +470,7 @@ class DeepgramStream:
             self._close(CLOSE_POLICY, exc.err_msg)
             return
         rate = self.options.sample_rate or self.config.sample_rate
-        self._intake = AudioIntake(rate, self.model.sample_rate, self.config.max_stream_seconds)
+        self.intake = AudioIntake(rate, self.model.sample_rate, self.config.max_stream_seconds)
         self._bytes = ByteAudio(self.options.audio_encoding)
         self._digest = AudioDigest(rate, self._bytes.sample_bytes)
         self._transcript = Transcript(self.options, self.model.name, self.request_id)
@@ -525,11 +509,10 @@ class DeepgramStream:
             for msg in self._transcript.on_result(event):
                 self._send(msg)
             if event.is_final:
-                self.outcome = "final" if self.outcome == "aborted" else self.outcome
                 self._send(metadata(request_id=self.request_id, sha256=self._digest.sha256, created=now_iso(),
                                     duration_s=self._digest.duration_s, model=self.model.name,
                                     instance=self.model.instance))
-                self._close(self._close_code, self._close_reason)
+                self._ended()
         elif isinstance(event, UtteranceEnd):
             for msg in self._transcript.on_utterance_end(event):
                 self._send(msg)
@@ -541,76 +524,34 @@ class DeepgramStream:
         elif isinstance(event, KeytermsRejected):  # upgrade_check refuses these first, where it runs
             self._fail("bad_request", f"keyterm: {event.message}", CLOSE_POLICY)
 
-    def eof(self) -> None:
-        if self.state is not State.FINISHING:
-            self._close()
-
     def stop(self, code: str = "shutting_down", message: str = "server is shutting down") -> None:
         self._fail(code, message, CLOSE_AGAIN)
 
-    def deadline(self) -> float | None:
-        return None if self._fatal else timeouts.deadline(self.config, self.state, self._last)
-
     def timeout(self, now: float) -> None:
-        code, message = timeouts.expired(self.config, self.state)
+        code, message = self._expired()
         self._fail(code, f"NET-0001: {message}", CLOSE_ERROR)
-
-    def outputs(self) -> list[Output]:
-        out, self._out = self._out, []
-        return out
 
     # --- client messages ---------------------------------------------------------------------
     def _handle(self, msg: ClientMessage) -> None:
         if isinstance(msg, Media):
             self._digest.update(msg.data)
-            out, over = self._intake.push(self._bytes.decode(msg.data))
-            if over:
-                self._command(Audio(np.concatenate([out, self._intake.drain()]), final=True))
+            if self._push(self._bytes.decode(msg.data)):
                 limit = self.config.max_stream_seconds
                 self._fail("stream_too_long", f"stream exceeded {limit:g} s of audio; finalized", CLOSE_POLICY)
-            elif out.size:
-                self._command(Audio(out))
         elif isinstance(msg, Finalize):
             self._transcript.finalize_requested()
-            tail = self._intake.drain()
-            if tail.size:
-                self._command(Audio(tail))
-            self._command(Flush())
+            self._flush()
         elif isinstance(msg, CloseStream):
             self._finish()
         elif isinstance(msg, Configure):
             self._send(configure_failure(self.request_id, "Configure is not supported by this server; "
                                          "reconnect with new query parameters"), error="bad_config")
 
-    def _finish(self) -> None:
-        if self.state in (State.WAITING, State.STREAMING):
-            tail = self._intake.drain()
-            self._command(Audio(tail, final=True) if tail.size else Finish())
-
     def _fail(self, code: str, message: str, close_code: int) -> None:
         """A fatal error: report it once, take no more input, decode what came, then Metadata and close."""
-        if self._fatal or self.state is State.CLOSED:
-            return
-        self._fatal, self.outcome = True, code
-        self._close_code, self._close_reason = close_code, message[:120]
-        self._error(code, message, code=code)
-        if self.state is State.WAITING:
-            self._close(close_code, self._close_reason)
-        else:
-            self._finish()
-
-    # --- outputs -----------------------------------------------------------------------------
-    def _command(self, cmd: Audio | Flush | Finish) -> None:
-        self._out.append(cmd)
-        self.state = state_after(self.state, cmd)
+        if self._fatal_error(code, close_code, message[:120]):
+            self._error(code, message, code=code)
+            self._finish_or_close()
 
     def _error(self, variant: str, description: str, code: str) -> None:
         self._send({"type": "Error", "variant": variant, "description": description}, error=code)
-
-    def _send(self, msg: dict[str, Any], error: str | None = None) -> None:
-        self._out.append(Send(json.dumps(msg, separators=(",", ":"), ensure_ascii=False), error))
-
-    def _close(self, code: int = 1000, reason: str = "") -> None:
-        if self.state is not State.CLOSED:
-            self.state = State.CLOSED
-            self._out.append(Close(code, reason))

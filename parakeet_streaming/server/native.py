@@ -8,33 +8,24 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
-
 from parakeet_streaming import audio
 from parakeet_streaming.config import ServerConfig
 from parakeet_streaming.engine.events import Event, KeytermsRejected, Result, StreamFailed, UtteranceEnd
 from parakeet_streaming.server import protocol as proto
 from parakeet_streaming.server.context import ModelInfo
 from parakeet_streaming.server.intake import AudioIntake
-from parakeet_streaming.server.wire import (OVERSIZED, Audio, Close, Endpointing, Finish, Flush, Keyterms, Message,
-                                            Output, Request, Send, State, state_after)
+from parakeet_streaming.server.wire import (CLOSE_POLICY, OVERSIZED, Endpointing, Keyterms, Message, Request, Send,
+                                            State, StreamProtocol)
 
 log = logging.getLogger("parakeet_streaming.session")
 
-CLOSE_POLICY = 1008  # WebSocket close code for a refused key
 
-
-class NativeStream:
+class NativeStream(StreamProtocol):
     def __init__(self, request: Request, config: ServerConfig, model: ModelInfo) -> None:
-        self.request, self.config, self.model = request, config, model
-        self.state = State.WAITING
-        self.outcome = "aborted"  # why the stream ended, for the log line
+        super().__init__(request, config, model)
         self.stream_id = 0
         self.options = proto.StreamOptions()
-        self.intake = AudioIntake(config.sample_rate, model.sample_rate, config.max_stream_seconds)
-        self._out: list[Output] = []
-        self._fatal = False  # a fatal error was reported: no more input is taken
-        self._opened_at = self._last = 0.0
+        self._opened_at = 0.0
 
     # --- inputs ------------------------------------------------------------------------------
     def open(self, stream_id: int, now: float) -> None:
@@ -83,8 +74,7 @@ class NativeStream:
         if isinstance(event, Result):
             self._send(proto.result(event, ts))
             if event.is_final:
-                self.outcome = "final" if self.outcome == "aborted" else self.outcome
-                self._close()
+                self._ended()
         elif isinstance(event, UtteranceEnd):
             self._send(proto.eou(event, ts))
         elif isinstance(event, StreamFailed):
@@ -93,10 +83,6 @@ class NativeStream:
             self._close()
         elif isinstance(event, KeytermsRejected):  # the stream goes on with its previous key terms
             self._send(proto.error(proto.BAD_CONFIG, f"keyterms: {event.message}"))
-
-    def eof(self) -> None:
-        if self.state is not State.FINISHING:
-            self._close()
 
     def stop(self, code: str = proto.SHUTTING_DOWN, message: str = "server is shutting down") -> None:
         self._fail(proto.ProtocolError(code, message, fatal=True))
@@ -119,10 +105,6 @@ class NativeStream:
             idle = self.config.idle_timeout
             self._fail(proto.ProtocolError(proto.IDLE_TIMEOUT, f"no message for {idle:g} s", fatal=True))
 
-    def outputs(self) -> list[Output]:
-        out, self._out = self._out, []
-        return out
-
     # --- client messages ---------------------------------------------------------------------
     def _parse(self, raw: Message) -> proto.ClientMessage:
         cap = self.config.max_message_bytes
@@ -136,9 +118,9 @@ class NativeStream:
         elif isinstance(msg, proto.Audio):
             self._on_audio(msg)
         elif isinstance(msg, proto.Close):
-            self._finalize()
-        elif isinstance(msg, proto.Flush):
-            self._on_flush()
+            self._finish()
+        elif isinstance(msg, proto.Flush) and self.state is not State.FINISHING:
+            self._flush()  # decoded and answered with a `flushed` result; the stream goes on
         elif isinstance(msg, proto.Config):
             if msg.timestamps is not None:
                 self.options.timestamps = msg.timestamps
@@ -156,51 +138,19 @@ class NativeStream:
             samples = audio.from_samples(msg.samples)
         else:
             samples = audio.decode(msg.data or b"", msg.encoding or self.options.encoding)
-        out, over = self.intake.push(samples, msg.sample_rate)
-        final = msg.final or over
-        self._audio(np.concatenate([out, self.intake.drain()]) if final else out, final)
-        if over:
+        if self._push(samples, msg.sample_rate, final=msg.final):
             limit = self.config.max_stream_seconds
             self._fail(proto.ProtocolError(proto.STREAM_TOO_LONG,
                                            f"stream exceeded {limit:g} s of audio; finalized", fatal=True))
 
-    def _on_flush(self) -> None:
-        """Everything received is decoded and answered with a `flushed` result; the stream goes on.
-        The resampler's tail belongs before the flush."""
-        if self.state is State.FINISHING:
-            return
-        self._audio(self.intake.drain(), final=False)
-        self._command(Flush())
-
-    def _finalize(self) -> None:
-        if self.state in (State.WAITING, State.STREAMING):
-            self._audio(self.intake.drain(), final=True)
-
     def _fail(self, exc: proto.ProtocolError, finalize: bool = True) -> None:
         """A fatal error: report it once, stop taking input, finalize so the transcript is kept."""
-        if self._fatal or self.state is State.CLOSED:
-            return
-        self._fatal = True
-        self.outcome = exc.code
-        self._send(proto.error_from(exc))
-        if finalize:
-            self._finalize()
-        else:
-            self._close()
+        if self._fatal_error(exc.code):
+            self._send(proto.error_from(exc))
+            if finalize:
+                self._finish()
+            else:
+                self._close()
 
-    # --- outputs -----------------------------------------------------------------------------
-    def _audio(self, samples: np.ndarray, final: bool) -> None:
-        if samples.size or final:
-            self._command(Audio(samples, final) if samples.size else Finish())
-
-    def _command(self, cmd: Audio | Flush | Finish) -> None:
-        self._out.append(cmd)
-        self.state = state_after(self.state, cmd)
-
-    def _send(self, msg: dict) -> None:
+    def _send(self, msg: dict) -> None:  # type: ignore[override] - an error message counts under its own code
         self._out.append(Send(proto.dumps(msg), msg["code"] if msg.get("type") == "error" else None))
-
-    def _close(self, code: int = 1000, reason: str = "") -> None:
-        if self.state is not State.CLOSED:
-            self.state = State.CLOSED
-            self._out.append(Close(code, reason))

@@ -28,17 +28,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import parse_qs, urlsplit
 
-import numpy as np
-
 from parakeet_streaming.config import ServerConfig
 from parakeet_streaming.engine.events import Event, KeytermsRejected, Result, StreamFailed, UtteranceEnd
 from parakeet_streaming.model.boosting import MAX_KEYTERMS
-from parakeet_streaming.server import timeouts
 from parakeet_streaming.server.byte_audio import ByteAudio
 from parakeet_streaming.server.context import ModelInfo
-from parakeet_streaming.server.intake import AudioIntake
-from parakeet_streaming.server.wire import (OVERSIZED, Audio, Close, Endpointing, Finish, Flush, Keyterms, Message,
-                                            Output, Request, Send, State, state_after)
+from parakeet_streaming.server.wire import (CLOSE_AGAIN, CLOSE_ERROR, CLOSE_POLICY, OVERSIZED, Endpointing, Keyterms,
+                                            Message, Request, State, StreamProtocol)
 
 log = logging.getLogger("parakeet_streaming.openai_realtime")
 
@@ -457,10 +453,8 @@ class Turns:
 
 # --- the per-connection protocol object (server/wire.py) ------------------------------------------
 
-CLOSE_POLICY, CLOSE_ERROR, CLOSE_AGAIN = 1008, 1011, 1013
 
-
-class RealtimeStream:
+class RealtimeStream(StreamProtocol):
     """`/v1/realtime?intent=transcription` for one connection. Greets with `session.created`.
     WAITING (no audio yet, no slot) --first audio / commit--> STREAMING; the client ends the session
     by closing the socket (the open item is dropped, as OpenAI does). A fatal error (a timeout,
@@ -468,19 +462,12 @@ class RealtimeStream:
     item is committed if it has text), then closes with a code."""
 
     def __init__(self, request: Request, config: ServerConfig, model: ModelInfo) -> None:
-        self.request, self.config, self.model = request, config, model
-        self.state = State.WAITING
-        self.outcome = "aborted"
+        super().__init__(request, config, model, rate=24000)
         self.session_id = ""
         self._ids = Ids("")
         self._turns = Turns(self._ids, lambda _: "")
-        self._intake = AudioIntake(24000, model.sample_rate, config.max_stream_seconds)
         self._bytes = ByteAudio("pcm16")
         self._buffered_s = 0.0  # client audio since the last commit (for commit_empty)
-        self._out: list[Output] = []
-        self._fatal = False
-        self._close_code, self._close_reason = 1000, ""
-        self._last = 0.0
         self._keywords_before: tuple[str, ...] = ()  # what the engine keeps if the last keywords are rejected
 
     @property
@@ -542,8 +529,7 @@ class RealtimeStream:
             for msg in self._turns.on_result(event):
                 self._send(msg)
             if event.is_final:
-                self.outcome = "final" if self.outcome == "aborted" else self.outcome
-                self._close(self._close_code, self._close_reason)
+                self._ended()
         elif isinstance(event, UtteranceEnd):
             for msg in self._turns.on_utterance_end(event):
                 self._send(msg)
@@ -560,23 +546,11 @@ class RealtimeStream:
             self._error(RealtimeError("invalid_value", f"Invalid value for '{name}': {event.message}; the "
                                       "session keeps its previous keywords.", param=name))
 
-    def eof(self) -> None:
-        if self.state is not State.FINISHING:
-            self._close()
-
     def stop(self, code: str = "shutting_down", message: str = "server is shutting down") -> None:
         self._fail(RealtimeError(code, message, type=SERVER_ERROR), CLOSE_AGAIN)
 
-    def deadline(self) -> float | None:
-        return None if self._fatal else timeouts.deadline(self.config, self.state, self._last)
-
     def timeout(self, now: float) -> None:
-        code, message = timeouts.expired(self.config, self.state)
-        self._fail(RealtimeError(code, message), CLOSE_POLICY)
-
-    def outputs(self) -> list[Output]:
-        out, self._out = self._out, []
-        return out
+        self._fail(RealtimeError(*self._expired()), CLOSE_POLICY)
 
     # --- client events -----------------------------------------------------------------------
     def _handle(self, event: ClientEvent) -> None:
@@ -598,58 +572,29 @@ class RealtimeStream:
         elif isinstance(event, Append):
             samples = self._bytes.decode(event.audio)
             self._buffered_s += len(samples) / self.session_config.sample_rate
-            out, over = self._intake.push(samples, self.session_config.sample_rate)
-            if over:
-                self._command(Audio(np.concatenate([out, self._intake.drain()]), final=True))
+            if self._push(samples, self.session_config.sample_rate):
                 limit = self.config.max_stream_seconds
                 self._fail(RealtimeError("stream_too_long", f"The session passed {limit:g} s of audio; "
                                          "what was appended is transcribed."), CLOSE_POLICY)
-            elif out.size:
-                self._command(Audio(out))
         elif isinstance(event, Commit):
             if self._buffered_s * 1000 < MIN_COMMIT_MS:
                 raise RealtimeError("input_audio_buffer_commit_empty", f"Error committing input audio buffer: "
                                     f"buffer too small. Expected at least {MIN_COMMIT_MS}ms of audio, but buffer "
                                     f"only has {self._buffered_s * 1000:.2f}ms of audio.", event_id=event.event_id)
             self._flush()
+            self._buffered_s = 0.0
             self._turns.committing()
         elif isinstance(event, Clear):
             if self.state is State.STREAMING:
                 self._flush()
+                self._buffered_s = 0.0
                 self._turns.clearing()
             self._send({"type": "input_audio_buffer.cleared", "event_id": self._ids.event()})
 
-    def _flush(self) -> None:
-        tail = self._intake.drain()
-        if tail.size:
-            self._command(Audio(tail))
-        self._command(Flush())
-        self._buffered_s = 0.0
-
     def _fail(self, exc: RealtimeError, close_code: int) -> None:
-        if self._fatal or self.state is State.CLOSED:
-            return
-        self._fatal, self.outcome = True, exc.code
-        self._close_code, self._close_reason = close_code, exc.message[:120]
-        self._error(exc)
-        if self.state is State.WAITING:
-            self._close(close_code, self._close_reason)
-        elif self.state is State.STREAMING:
-            tail = self._intake.drain()
-            self._command(Audio(tail, final=True) if tail.size else Finish())
-
-    # --- outputs -----------------------------------------------------------------------------
-    def _command(self, cmd: Audio | Flush | Finish) -> None:
-        self._out.append(cmd)
-        self.state = state_after(self.state, cmd)
+        if self._fatal_error(exc.code, close_code, exc.message[:120]):
+            self._error(exc)
+            self._finish_or_close()
 
     def _error(self, exc: RealtimeError) -> None:
         self._send(error_event(exc, self._ids.event()), error=exc.code)
-
-    def _send(self, msg: dict[str, Any], error: str | None = None) -> None:
-        self._out.append(Send(json.dumps(msg, separators=(",", ":"), ensure_ascii=False), error))
-
-    def _close(self, code: int = 1000, reason: str = "") -> None:
-        if self.state is not State.CLOSED:
-            self.state = State.CLOSED
-            self._out.append(Close(code, reason))
