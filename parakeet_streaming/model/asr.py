@@ -56,9 +56,3 @@ class ASRModel(nn.Module):
                     noise += 1.0
                 p.copy_(noise.to(p.dtype))
 
-
-def describe(model: ASRModel) -> str:
-    e = model.config.encoder
-    return (f"{model.name}: {e.n_layers} layers x {e.d_model}, att_context_size {list(e.att_context_size)} "
-            f"({model.chunk_frames * model.frame_ms} ms chunks), vocab {model.config.decoder.vocab_size}")
-
