@@ -14,8 +14,9 @@ import yaml
 from parakeet_streaming.config import ConfigError, ModelConfig
 from parakeet_streaming.model.asr import ASRModel
 from parakeet_streaming.model.catalog import NAMED_MODELS, builtin_config
-from parakeet_streaming.model.loader import ModelLoadError, load_model, to_seed_keys
+from parakeet_streaming.model.loader import ModelLoadError, load_model
 from parakeet_streaming.model.tokenizer import Tokenizer
+from seed_keys import to_seed_keys
 from test_runner import run_alone
 
 UUID = "3f2a9c1e0b7d4e5f8a6b1c2d3e4f5a6b"
