@@ -141,7 +141,7 @@ def parse_binary(payload: bytes) -> Audio:
 def _parse_audio(obj: dict[str, Any]) -> Audio:
     final = _parse_final(obj.get("final", False))
     encoding = _parse_encoding(obj.get("encoding"))
-    rate = _parse_rate(obj.get("sample_rate"))
+    rate = None if obj.get("sample_rate") is None else parse_sample_rate(obj["sample_rate"])
     data, samples = obj.get("data"), obj.get("samples")
     if data is not None and samples is not None:
         raise ProtocolError(BAD_AUDIO, "an audio message carries 'data' or 'samples', not both")
@@ -187,13 +187,8 @@ def parse_keyterms(value: Any) -> tuple[str | tuple[str, float], ...]:
 
 
 def parse_silence_ms(value: Any) -> int:
-    """A stream's `endpoint_silence_ms`: 0 (off) .. 60000 (numeric strings allowed, for query params)."""
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if type(value) is not int or not 0 <= value <= MAX_ENDPOINT_SILENCE_MS:
-        raise ProtocolError(BAD_CONFIG, f"'endpoint_silence_ms' must be an integer in 0..{MAX_ENDPOINT_SILENCE_MS}, "
-                            f"got {value!r}")
-    return value
+    """A stream's `endpoint_silence_ms`: 0 (off) .. 60000."""
+    return _bounded_int("endpoint_silence_ms", value, 0, MAX_ENDPOINT_SILENCE_MS, BAD_CONFIG)
 
 
 def parse_flag(name: str, value: Any) -> bool | None:
@@ -258,16 +253,17 @@ def _parse_encoding(value: Any) -> str | None:
 
 
 def parse_sample_rate(value: Any) -> int:
-    """A declared sample rate: a positive integer (numeric strings allowed, for query params)."""
+    """A declared sample rate, 1000 .. 384000 Hz."""
+    return _bounded_int("sample_rate", value, 1000, 384_000, BAD_AUDIO)
+
+
+def _bounded_int(name: str, value: Any, lo: int, hi: int, code: str) -> int:
+    """An integer option in lo..hi (numeric strings allowed, for query params)."""
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
-    if type(value) is not int or not 1000 <= value <= 384_000:
-        raise ProtocolError(BAD_AUDIO, f"'sample_rate' must be an integer in 1000..384000, got {value!r}")
+    if type(value) is not int or not lo <= value <= hi:
+        raise ProtocolError(code, f"{name!r} must be an integer in {lo}..{hi}, got {value!r}")
     return value
-
-
-def _parse_rate(value: Any) -> int | None:
-    return None if value is None else parse_sample_rate(value)
 
 
 def _parse_data(value: Any) -> bytes:
