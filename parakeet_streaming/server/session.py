@@ -92,13 +92,14 @@ class Session:
         return f"{self.link.request.transport} {self.link.peer}"
 
     def _log_refusal(self, code: str) -> None:
+        """Turned away before any stream: a log line and the rejection counted."""
         self._refused = True
+        self.ctx.metrics.reject(code)
         log.info("stream %d refused: %s (%s)", self.stream.stream_id, code, self.label,
                  extra={"stream_id": self.stream.stream_id, "code": code})
 
     async def refuse(self, code: str, message: str) -> None:
         self._log_refusal(code)
-        self.ctx.metrics.reject(code)
         self.protocol.refuse(code, message)
         self._dispatch()
         try:
@@ -188,7 +189,6 @@ class Session:
             if event is not None:
                 if isinstance(event, StreamFailed) and self.stream.refused:
                     self._log_refusal(event.code)
-                    self.ctx.metrics.reject(event.code)
                 self.protocol.engine_event(event)
                 self._dispatch()
             if await self._write_pending():
