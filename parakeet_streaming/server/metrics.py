@@ -71,12 +71,12 @@ class _ServerCollector:
                          "Per stream and step: seconds from the arrival of the audio the newest decoded frame "
                          "needs to the end of the step that decoded it", stats.decode_lag)
         audio = stats.audio_seconds
-        yield _counter("parakeet_audio_seconds", "Seconds of stream audio decoded", audio)
-        yield _counter("parakeet_streams_opened", "Streams the engine opened", stats.streams_opened)
-        yield _counter("parakeet_step_failures", "Batched model steps that failed (their streams got an "
-                       "internal error)", stats.step_failures)
-        yield _counter("parakeet_sink_failures", "Streams dropped because delivering their events failed",
-                       stats.sink_failures)
+        yield CounterMetricFamily("parakeet_audio_seconds", "Seconds of stream audio decoded", value=audio)
+        yield CounterMetricFamily("parakeet_streams_opened", "Streams the engine opened", value=stats.streams_opened)
+        yield CounterMetricFamily("parakeet_step_failures", "Batched model steps that failed (their streams got "
+                                  "an internal error)", value=stats.step_failures)
+        yield CounterMetricFamily("parakeet_sink_failures", "Streams dropped because delivering their events "
+                                  "failed", value=stats.sink_failures)
         yield GaugeMetricFamily("parakeet_max_batch_size", "The largest batch stepped since start",
                                 value=stats.max_batch_size)
         yield GaugeMetricFamily(
@@ -85,18 +85,10 @@ class _ServerCollector:
             value=stats.step_seconds.total / audio if audio > 0 else 0.0)
 
 
-def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-    return CounterMetricFamily(name, doc, value=value)
-
-
 def _histogram(name: str, doc: str, hist: "Buckets") -> HistogramMetricFamily:
     cumulative: list[Any] = []
     running = 0
-    for bound, count in zip([*map(_le, hist.bounds), "+Inf"], hist.counts):
+    for bound, count in zip([*(repr(float(b)) for b in hist.bounds), "+Inf"], hist.counts):
         running += count
         cumulative.append((bound, running))
     return HistogramMetricFamily(name, doc, buckets=cumulative, sum_value=hist.total)
-
-
-def _le(bound: float) -> str:
-    return repr(float(bound))
