@@ -74,6 +74,11 @@ def request_of(scope: Scope) -> Request:
     return Request(path + (f"?{query}" if query else ""), headers, "asgi")
 
 
+def _peer(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "?"
+
+
 async def _websocket(ctx: ServerContext, scope: Scope, receive: Receive, send: SendASGI,
                      extra: list[tuple[bytes, bytes]]) -> None:
     if (await receive())["type"] != "websocket.connect":
@@ -110,10 +115,8 @@ async def _websocket(ctx: ServerContext, scope: Scope, receive: Receive, send: S
             closed = True
             await send({"type": "websocket.close", "code": code, "reason": reason})
 
-    client = scope.get("client")
-    peer = f"{client[0]}:{client[1]}" if client else "?"
     try:
-        await serve_connection(ctx, Link(recv, send_data, close, request, peer))
+        await serve_connection(ctx, Link(recv, send_data, close, request, _peer(scope)))
         await close(1000, "")
     except Exception:  # noqa: BLE001 - one connection must never take the server down
         log.exception("ASGI websocket connection failed")
@@ -134,10 +137,8 @@ async def _deny(scope: Scope, send: SendASGI, refusal: UpgradeRefusal, extra: li
 
 async def _http(ctx: ServerContext, scope: Scope, receive: Receive, send: SendASGI,
                 extra: list[tuple[bytes, bytes]]) -> None:
-    path, method = local_path(scope), scope["method"]
+    path, method, peer = local_path(scope), scope["method"], _peer(scope)
     request = request_of(scope)
-    client = scope.get("client")
-    peer = f"{client[0]}:{client[1]}" if client else "?"
     if path not in PUBLIC_PATHS and not ctx.auth.check(bearer_token(request.headers, request.path)):
         ctx.metrics.refused(proto.UNAUTHORIZED)
         log.info("asgi %s %s refused: 401 unauthorized (%s)", method, path, peer,

@@ -85,9 +85,6 @@ class Form:
         values = self.fields.get(name)
         return values[-1] if values else default
 
-    def get_all(self, name: str) -> list[str]:
-        return self.fields.get(name, [])
-
 
 class FormReader:
     """Collects a multipart form as a transport parses it, part by part (`begin`, `feed`..., `end`),
@@ -181,7 +178,7 @@ async def transcribe(ctx: ServerContext, content_type: str, read_form: ReadForm,
     log.info("transcription stream %d: %.2f s of %s -> %s, %d characters (%s)", stream_id, duration,
              form.filename or "audio", response_format, len(transcript.text), peer,
              extra={"stream_id": stream_id, "status": 200, "audio_seconds": round(duration, 3)})
-    body = fmt.render(transcript, response_format, "word" in form.get_all("timestamp_granularities[]"))
+    body = fmt.render(transcript, response_format, "word" in form.fields.get("timestamp_granularities[]", []))
     if isinstance(body, dict):
         return _json(body)
     return Reply(200, f"{fmt.CONTENT_TYPES[response_format]}; charset=utf-8", body.encode())
