@@ -2,22 +2,32 @@
 
     python bench/capacity.py --start-server "--model-size small --load-format dummy --dtype bfloat16"
     python bench/capacity.py --start-server "--model-size large --load-format dummy --att-context-size 70,1"
+    python bench/capacity.py --start-server "..." --levels 16,24,32,48 --isolated
 
 Runs bench/load.py's streams (WebSocket, real-time pace, the client on this machine) at N = 1, 2, 4,
 8, 12, 16, 24, 32, 48, 64, ... and stops after two levels in a row overload. A level passes when
 every round has no failed stream, p95 lag <= --lag-budget-ms and p95 final <= --final-budget-ms.
 Per level and round it prints those figures, the server's mean step and batch (from /metrics), and
 the server process's CPU use over the level (100% = one core), read from /proc.
+
+`--isolated`: once the server has stopped, the same model (flags parsed as the server parses them)
+is timed in this process at each level's mean batch (bench/model_step.py's steady-state steps), and
+the served step is printed next to it as a ratio: what serving adds to a step of the same size.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import os
+import shlex
 import signal
+import statistics
 import time
 
+import torch
+
 from load import pct, pseudo_speech, run_level, server_figures, start_server
+from model_step import time_steps
 
 
 def ladder(limit: int) -> list[int]:
@@ -39,6 +49,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--start-server", metavar="FLAGS", required=True, help="`parakeet-server serve` flags")
     ap.add_argument("--max-streams", type=int, default=128, help="the ladder's top and the server's slots")
+    ap.add_argument("--levels", help="an explicit ladder, e.g. 32,64,128 (default: 1, 2, 4, 8, 12, ... up to "
+                    "--max-streams)")
+    ap.add_argument("--isolated", action="store_true", help="then time the same steps alone (see above)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--packet-ms", type=int, default=80)
@@ -46,12 +59,14 @@ def main() -> None:
     ap.add_argument("--final-budget-ms", type=float, default=400.0)
     args = ap.parse_args()
     audio = pseudo_speech(args.seconds, seed=3)
-    proc, url, http_url = start_server(args.start_server, args.max_streams)
+    levels = [int(n) for n in args.levels.split(",")] if args.levels else ladder(args.max_streams)
+    proc, url, http_url = start_server(args.start_server, max(args.max_streams, *levels))
     print(f"{'streams':>8}{'round':>6}{'p95 lag':>10}{'p95 final':>11}{'failed':>8}{'step':>9}{'batch':>7}"
           f"{'srv CPU':>9}  verdict")
     capacity, overloaded_in_a_row = 0, 0
+    served: list[tuple[int, int, float, float]] = []  # (streams, round, mean step ms, mean batch)
     try:
-        for n in ladder(args.max_streams):
+        for n in levels:
             passed = True
             for rnd in range(1, args.rounds + 1):
                 before, cpu0, t0 = server_figures(http_url), cpu_seconds(proc.pid), time.monotonic()
@@ -66,6 +81,7 @@ def main() -> None:
                 passed = passed and good
                 step = server.step_seconds * 1000 / server.steps if server.steps else float("nan")
                 batch = server.stepped / server.steps if server.steps else float("nan")
+                served.append((n, rnd, step, batch))
                 print(f"{n:>8}{rnd:>6}{lag:>8.0f}ms{final:>9.0f}ms{failed:>8}{step:>7.1f}ms{batch:>7.1f}"
                       f"{cpu:>8.0f}%  {'ok' if good else 'over'}", flush=True)
                 if not good:
@@ -81,6 +97,28 @@ def main() -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+    if args.isolated:
+        compare_isolated(args.start_server, served)
+
+
+def compare_isolated(flags: str, served: list[tuple[int, int, float, float]], repeats: int = 20) -> None:
+    """Each level's served mean step next to the same model's isolated step at its mean batch."""
+    from parakeet_streaming.cli import config_from_args, parse_args
+    from parakeet_streaming.engine.runner import Runner
+    from parakeet_streaming.server.app import load
+
+    config = config_from_args(parse_args(["serve", *shlex.split(flags)], {}))
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    model = load(config)
+    runner = Runner(model, max(max(round(b) for *_, b in served), 1), config.device)
+    print(f"{'streams':>8}{'round':>6}{'batch':>7}{'served':>10}{'isolated':>10}{'ratio':>7}")
+    for n, rnd, step, batch in served:
+        if batch != batch:  # no step in that round
+            continue
+        b = max(round(batch), 1)
+        alone = statistics.median(time_steps(runner, b, repeats)) * 1000
+        print(f"{n:>8}{rnd:>6}{batch:>7.1f}{step:>8.1f}ms{alone:>8.1f}ms{step / alone:>7.2f}", flush=True)
 
 
 if __name__ == "__main__":
