@@ -128,9 +128,6 @@ class Stream:
     def audio_ms(self, samples_covered: int) -> int:
         return samples_covered * 1000 // self.sample_rate
 
-    def text(self) -> str:
-        return self._text.update(self.token_ids)
-
     def arrived(self, sample: int) -> float | None:
         """When the audio up to stream sample `sample` had arrived (forgetting earlier arrivals)."""
         while len(self.arrivals) > 1 and self.arrivals[0][0] < sample:
@@ -189,7 +186,7 @@ class Stream:
                 final: bool = False, flushed: bool = False) -> Result:
         self.token_ids.extend(out.token_ids[a:b])
         return Result(
-            stream_id=self.id, text=self.text(), token_ids=list(out.token_ids[a:b]),
+            stream_id=self.id, text=self._text.update(self.token_ids), token_ids=list(out.token_ids[a:b]),
             confidences=list(out.confidences[a:b]), token_frames=list(out.token_frames[a:b]),
             audio_ms=audio_ms, utterance=self.utterance, is_final=final, flushed=flushed,
             token_start_ms=ms[a:b], words=words,
