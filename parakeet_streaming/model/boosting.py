@@ -272,10 +272,14 @@ class KeytermCompiler:
 # ------------------------------------------------------------------------------------------- device side
 @dataclass
 class _Pool:
-    """The distinct trees in use, concatenated on the device (state and entry ids made global)."""
+    """The distinct trees in use, concatenated on the device (state and entry ids made global).
 
-    root_score: Tensor  # (T, V)
-    root_next: Tensor  # (T, V)
+    Lookups have fixed shapes (no reads back to the host), so greedy decoding can advance key terms
+    at every symbol without a device sync: a state's overrides are read as `width` entries (the most
+    any state of the pool has), the unused ones written to a spare column V that is dropped."""
+
+    root_score: Tensor  # (T, V + 1), the last column a spare
+    root_next: Tensor  # (T, V + 1)
     alpha: Tensor  # (T,)
     state_offset: Tensor  # (T,)
     base: Tensor  # (ΣS,)
@@ -283,6 +287,7 @@ class _Pool:
     tok: Tensor
     score: Tensor
     next: Tensor
+    width: int  # most overrides of one state
 
     @classmethod
     def of(cls, trees: list[BoostingTree], device: torch.device) -> "_Pool":
@@ -293,26 +298,30 @@ class _Pool:
         def dev(x: np.ndarray) -> Tensor:
             return torch.from_numpy(np.ascontiguousarray(x)).to(device)
 
-        return cls(dev(np.stack([t.root_score for t in trees])), dev(np.stack([t.root_next for t in trees])),
+        def spare(rows: list[np.ndarray]) -> np.ndarray:
+            table = np.stack(rows)
+            return np.concatenate([table, np.zeros((len(rows), 1), table.dtype)], axis=1)
+
+        return cls(dev(spare([t.root_score for t in trees])), dev(spare([t.root_next for t in trees])),
                    dev(np.array([t.alpha for t in trees], np.float32)), dev(offs[:-1].astype(np.int64)),
                    dev(np.concatenate([t.base for t in trees])), dev(ptr.astype(np.int64)),
                    dev(np.concatenate([t.tok for t in trees])), dev(np.concatenate([t.score for t in trees])),
-                   dev(np.concatenate([t.next for t in trees])))
+                   dev(np.concatenate([t.next for t in trees])), int(np.diff(ptr).max(initial=0)))
 
     def rows(self, tree: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        """(R,) pool tree ids and local states -> alpha-scaled scores (R, V) and next states (R, V)."""
+        """(R,) pool tree ids (>= 0) and local states -> alpha-scaled scores (R, V) and next states (R, V)."""
         g = self.state_offset[tree] + state
+        v = self.root_score.size(1) - 1
         scores = self.base[g].unsqueeze(1) + self.root_score[tree]
-        nexts = self.root_next[tree].clone()
-        start, lens = self.ptr[g], self.ptr[g + 1] - self.ptr[g]
-        total = int(lens.sum())
-        if total:
-            r = torch.repeat_interleave(torch.arange(len(g), device=g.device), lens, output_size=total)
-            first = torch.cumsum(lens, 0) - lens
-            pos = start[r] + torch.arange(total, device=g.device) - first[r]
-            scores[r, self.tok[pos]] = self.score[pos]
-            nexts[r, self.tok[pos]] = self.next[pos]
-        return scores * self.alpha[tree].unsqueeze(1), nexts
+        nexts = self.root_next[tree]
+        if self.width:
+            pos = self.ptr[g].unsqueeze(1) + torch.arange(self.width, device=g.device)
+            used = pos < self.ptr[g + 1].unsqueeze(1)
+            pos = pos.clamp(max=self.tok.numel() - 1)
+            col = torch.where(used, self.tok[pos], v)
+            scores.scatter_(1, col, self.score[pos])
+            nexts.scatter_(1, col, self.next[pos])
+        return scores[:, :v] * self.alpha[tree].unsqueeze(1), nexts[:, :v]
 
 
 @dataclass
@@ -326,12 +335,13 @@ class BatchKeyterms:
     nexts: Tensor  # (B, V)
 
     def advance(self, emit: Tensor, labels: Tensor) -> None:
-        """Move the rows that emitted a (non-blank) label."""
-        rows = (emit & (self.tree >= 0)).nonzero().flatten()
-        if rows.numel() == 0:
-            return
-        self.state[rows] = self.nexts[rows, labels[rows]]
-        self.scores[rows], self.nexts[rows] = self.pool.rows(self.tree[rows], self.state[rows])
+        """Move the rows that emitted a (non-blank) label; fixed shapes, so no device sync."""
+        moved = emit & (self.tree >= 0)
+        label = labels.clamp(max=self.nexts.size(1) - 1).unsqueeze(1)  # a blank row is not moved
+        self.state = torch.where(moved, self.nexts.gather(1, label).squeeze(1), self.state)
+        scores, nexts = self.pool.rows(self.tree.clamp(min=0), self.state)
+        m = moved.unsqueeze(1)
+        self.scores, self.nexts = torch.where(m, scores, self.scores), torch.where(m, nexts, self.nexts)
 
 
 class KeytermTable:
@@ -363,11 +373,9 @@ class KeytermTable:
         if self._pool is None or all(self.trees[s] is None for s in slots):
             return None
         tree, state = self._slot_tree[idx], self.state[idx]
-        scores = torch.zeros(len(slots), self.vocab_size, device=self.device)
-        nexts = torch.zeros(len(slots), self.vocab_size, dtype=torch.long, device=self.device)
-        rows = (tree >= 0).nonzero().flatten()
-        scores[rows], nexts[rows] = self._pool.rows(tree[rows], state[rows])
-        return BatchKeyterms(self._pool, tree, state.clone(), scores, nexts)
+        scores, nexts = self._pool.rows(tree.clamp(min=0), state)
+        none = (tree < 0).unsqueeze(1)
+        return BatchKeyterms(self._pool, tree, state, scores.masked_fill(none, 0.0), nexts.masked_fill(none, 0))
 
     def scatter(self, idx: Tensor, batch: BatchKeyterms | None) -> None:
         if batch is not None:
