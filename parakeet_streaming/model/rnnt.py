@@ -1,8 +1,9 @@
 """RNN-T prediction network, joint, and batched greedy decoding that carries state across chunks.
 
 Names follow NeMo (`decoder.prediction.embed`, `decoder.prediction.dec_rnn.lstm`, `joint.enc`,
-`joint.pred`, `joint.joint_net.2`). Greedy decoding is NeMo's frame loop: at each encoder frame emit
-up to `max_symbols` labels until blank wins, feeding every emitted label to the LSTM.
+`joint.pred`, `joint.joint_net.2`). Greedy decoding gives NeMo's frame loop's result (at each encoder
+frame emit up to `max_symbols` labels until blank wins, feeding every emitted label to the LSTM),
+computed by label looping on the device with one read back to the host per call.
 
 Confidence: NeMo's default token confidence, the exponentially normalised Tsallis entropy with
 alpha = 0.33 (NeMo's default value) over the softmax of the joint logits (blank included) at the
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from parakeet_streaming.config import DecoderConfig
 from parakeet_streaming.model.boosting import BatchKeyterms
 from parakeet_streaming.model.linear import Linear, linear
+from parakeet_streaming.model.transfer import to_host
 
 TSALLIS_ALPHA = 0.33
 
@@ -121,45 +123,83 @@ class GreedyDecoder:
         out, h, c = self.decoder.step(labels, h, c)
         return DecoderState(h=h, c=c, g=self.joint.pred(out))
 
-    def decode(self, enc: Tensor, length: Tensor, state: DecoderState, keyterms: BatchKeyterms | None = None
-               ) -> tuple[Emissions, DecoderState]:
+    def decode(self, enc: Tensor, length: Tensor, state: DecoderState, keyterms: BatchKeyterms | None = None,
+               sync_free: bool | None = None) -> tuple[Emissions, DecoderState]:
         """enc (B,T,D) with valid lengths (B,). Returns the emitted tokens and the new state.
+
+        Label looping: every row keeps its own frame pointer, and each iteration either emits a
+        label for a row (it stays on its frame, at most `max_symbols` times) or moves it to its next
+        frame on blank. Emissions go into preallocated device tensors, copied to the host once at
+        the end. Each row sees exactly NeMo's frame loop (the same joint and LSTM inputs in the same
+        order); only the schedule across rows differs.
+
+        `sync_free` (default: on any device but the CPU) never reads the device inside the loop: it
+        runs the LSTM every iteration (masked) and checks for the end once every T iterations. The
+        CPU path checks every iteration (a host read is free there) and lets rows that found a label
+        wait until every row has one, so each LSTM step serves as many rows as possible.
 
         With `keyterms` (boosting.py), a non-blank decision takes the argmax of the non-blank logits
         plus the row's boosting scores, and `keyterms` advances in place; blank vs. non-blank and the
         confidences stay those of the model's own logits (as NeMo's shallow fusion does)."""
         b, t, _ = enc.shape
+        dev = enc.device
+        if sync_free is None:
+            sync_free = dev.type != "cpu"
         f_all = self.joint.enc(enc)
         h, c, g = state.h, state.c, state.g
-        em = Emissions([[] for _ in range(b)], [[] for _ in range(b)], [[] for _ in range(b)])
-        lengths = length.tolist()
-        for ti in range(t):
-            active = torch.tensor([ti < n for n in lengths], device=enc.device)
-            if not bool(active.any()):
+        cap = t * self.max_symbols + 1  # labels a row can emit, plus a spare column for the others' writes
+        tokens = torch.zeros(b, cap, dtype=torch.long, device=dev)
+        frames = torch.zeros_like(tokens)
+        confs = torch.zeros(b, cap, device=dev)
+        count = torch.zeros(b, dtype=torch.long, device=dev)
+        frame = torch.zeros(b, dtype=torch.long, device=dev)
+        symbols = torch.zeros(b, dtype=torch.long, device=dev)
+        rows = torch.arange(b, device=dev)
+        length = length.to(dev)
+        active = frame < length
+        check_every = max(t, 1) if sync_free else 1
+        it = 0
+        while t:
+            if it % check_every == 0 and not bool(active.any()):
                 break
-            f = f_all[:, ti]
-            for _ in range(self.max_symbols):
-                logits = self.joint.logits(f, g)
-                k = logits.argmax(-1)
-                if keyterms is not None:
-                    boosted = (logits[:, : self.blank].float() + keyterms.scores).argmax(-1)
-                    k = torch.where(k == self.blank, k, boosted)
-                emit = active & (k != self.blank)
-                if not bool(emit.any()):
-                    break
-                conf = tsallis_confidence(logits)
-                rows = emit.nonzero().flatten().tolist()
-                ks, cs = k.tolist(), conf.tolist()
-                for r in rows:
-                    em.tokens[r].append(ks[r])
-                    em.confidences[r].append(cs[r])
-                    em.frames[r].append(ti)
-                if keyterms is not None:
-                    keyterms.advance(emit, k)
-                out, h2, c2 = self.decoder.step(torch.where(emit, k, self.blank), h, c)
-                g2 = self.joint.pred(out)
-                m = emit.view(1, -1, 1)
-                h, c = torch.where(m, h2, h), torch.where(m, c2, c)
-                g = torch.where(emit.unsqueeze(1), g2, g)
-                active = emit
-        return em, DecoderState(h=h, c=c, g=g)
+            it += 1
+            logits = self.joint.logits(f_all[rows, frame.clamp(max=t - 1)], g)
+            k = logits.argmax(-1)
+            if keyterms is not None:
+                boosted = (logits[:, : self.blank].float() + keyterms.scores).argmax(-1)
+                k = torch.where(k == self.blank, k, boosted)
+            emit = active & (k != self.blank)
+            skip = active & ~emit
+            frame += skip
+            symbols.masked_fill_(skip, 0)
+            active = frame < length
+            if not sync_free and bool(skip.any()):
+                continue  # the rows with a label recompute the same one next time
+            # Every row writes at its next free column; only emitting rows count it.
+            tokens[rows, count] = k
+            confs[rows, count] = tsallis_confidence(logits)
+            frames[rows, count] = frame
+            count += emit
+            if keyterms is not None:
+                keyterms.advance(emit, k)
+            out, h2, c2 = self.decoder.step(torch.where(emit, k, self.blank), h, c)
+            g2 = self.joint.pred(out)
+            m = emit.view(1, -1, 1)
+            h, c = torch.where(m, h2, h), torch.where(m, c2, c)
+            g = torch.where(emit.unsqueeze(1), g2, g)
+            symbols += emit
+            full = symbols >= self.max_symbols
+            frame += full
+            symbols.masked_fill_(full, 0)
+            active = frame < length
+        return self._emissions(count, tokens, frames, confs), DecoderState(h=h, c=c, g=g)
+
+    @staticmethod
+    def _emissions(count: Tensor, tokens: Tensor, frames: Tensor, confs: Tensor) -> Emissions:
+        """The emission tensors on the host (one copy), as per-row lists."""
+        packed, confs = to_host(torch.cat([count.unsqueeze(1), tokens, frames], dim=1), confs)
+        counts = packed[:, 0].tolist()
+        w, cap = max(counts, default=0), tokens.size(1)
+        tok, frm, cf = packed[:, 1:1 + w].tolist(), packed[:, 1 + cap:1 + cap + w].tolist(), confs[:, :w].tolist()
+        return Emissions([r[:n] for r, n in zip(tok, counts)], [r[:n] for r, n in zip(cf, counts)],
+                         [r[:n] for r, n in zip(frm, counts)])
