@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -55,16 +56,38 @@ class StepBatch:
     rows: slice | Tensor  # a slice when the slots are contiguous (views, no copies), else idx
     write_slot: Tensor  # (n_valid,) slot of each valid new frame
     write_pos: Tensor  # (n_valid,) its ring position
-    write_src: Tensor  # (n_valid,) flat (b * T + t) of the same frames in the step's (B*T) rows
+    write_src: Tensor | None  # (n_valid,) flat (b * T + t) of the same frames in the step's (B*T) rows; None: all
     ring_index: Tensor  # (B, 1, T, N) column of each ring key in the positional scores
     att_mask: Tensor  # (B, T, N) True = masked
     pad: Tensor  # (B, T) True on padded frames
     pos: Tensor  # (C + 2T - 1, D) relative position rows, descending
 
 
+@dataclass(frozen=True)
+class HostLayout:
+    """What the caller knows on the host about a step's rows, so that the encoder reads nothing
+    back from the device (and the step can be captured in a CUDA graph)."""
+
+    start: int | None  # the first slot when the slots are contiguous (cache rows as views); None: gather
+    full: bool  # every row has all T frames valid
+
+    @classmethod
+    def of(cls, slots: Sequence[int], lengths: Sequence[int], t: int) -> "HostLayout":
+        s0 = slots[0]
+        contiguous = list(slots) == list(range(s0, s0 + len(slots)))
+        return cls(s0 if contiguous else None, all(n == t for n in lengths))
+
+
 def conv_out_length(length: Tensor) -> Tensor:
     """Length after one causal stride-2 stage (kernel 3, padding 2 left + 1 right)."""
     return torch.div(length, 2, rounding_mode="floor") + 1
+
+
+def subsampled_length(length: int, factor: int) -> int:
+    """conv_out_length of every stage, on the host."""
+    for _ in range(int(math.log2(factor))):
+        length = length // 2 + 1
+    return length
 
 
 class CausalConv2d(nn.Conv2d):
@@ -186,11 +209,13 @@ class RelPositionAttention(nn.Module):
         so it is computed once per chunk length and reused until the weights change."""
         weight = self.linear_pos.weight  # a method on dynamically quantized Linear modules
         version = weight._version if isinstance(weight, Tensor) else id(self.linear_pos)
-        key = (pos.size(0), pos.dtype, pos.device, version)
-        if getattr(self, "_pos_key", None) != key:
-            self._pos_key = key
-            self._pos_proj = self.linear_pos(pos).view(-1, self.h, self.dk).transpose(0, 1).contiguous()
-        return self._pos_proj
+        if getattr(self, "_pos_version", None) != version:
+            self._pos_version, self._pos_proj = version, {}
+        # One entry per chunk length, kept: a CUDA graph of a step reads its entry by address.
+        key = (pos.size(0), pos.dtype, pos.device)
+        if key not in self._pos_proj:
+            self._pos_proj[key] = self.linear_pos(pos).view(-1, self.h, self.dk).transpose(0, 1).contiguous()
+        return self._pos_proj[key]
 
     def forward(self, a: Tensor, key: Tensor, value: Tensor, batch: StepBatch, bias_u: Tensor,
                 bias_v: Tensor) -> Tensor:
@@ -199,7 +224,9 @@ class RelPositionAttention(nn.Module):
         relative position to each query."""
         b, t, d = a.shape
         for store, proj in ((key, self.linear_k), (value, self.linear_v)):
-            new = proj(a).view(b * t, self.h, self.dk)[batch.write_src]
+            new = proj(a).view(b * t, self.h, self.dk)
+            if batch.write_src is not None:
+                new = new[batch.write_src]
             store[batch.write_slot, :, batch.write_pos] = new
         k, v = key[batch.rows], value[batch.rows]  # (B, H, N, dk)
         q = self.linear_q(a).view(b, t, self.h, self.dk)
@@ -290,12 +317,14 @@ class ConformerEncoder(nn.Module):
             frames=torch.zeros(slots, dtype=torch.long, device=device),
         )
 
-    def forward(self, x: Tensor, length: Tensor, state: EncoderState, idx: Tensor) -> Tensor:
+    def forward(self, x: Tensor, length: Tensor, state: EncoderState, idx: Tensor,
+                layout: HostLayout | None = None) -> Tensor:
         """One streaming step for the slots `idx` on pre-encoded frames x (B,T,D) with valid lengths
-        (B,). Returns the encoder output (B,T,D); frames at or past `length` are padding."""
+        (B,). Returns the encoder output (B,T,D); frames at or past `length` are padding. Without
+        `layout` the encoder reads the slots' layout back from the device."""
         if self.pos_enc.xscale is not None:
             x = x * self.pos_enc.xscale
-        batch = self._batch(idx, length, x.size(1), state, x.dtype)
+        batch = self._batch(idx, length, x.size(1), state, x.dtype, layout)
         for i, layer in enumerate(self.layers):
             u = layer.self_attn.pos_bias_u if self.cfg.untie_biases else self.pos_bias_u
             v = layer.self_attn.pos_bias_v if self.cfg.untie_biases else self.pos_bias_v
@@ -303,7 +332,8 @@ class ConformerEncoder(nn.Module):
         state.frames[idx] += length
         return x
 
-    def _batch(self, idx: Tensor, length: Tensor, t: int, state: EncoderState, dtype: torch.dtype) -> StepBatch:
+    def _batch(self, idx: Tensor, length: Tensor, t: int, state: EncoderState, dtype: torch.dtype,
+               layout: HostLayout | None) -> StepBatch:
         """Ring positions, masks and positional gather indices for one step.
 
         Window position j = 0 is the oldest of the C cache frames, the chunk starts at j = C
@@ -316,10 +346,15 @@ class ConformerEncoder(nn.Module):
         b = idx.numel()
         tt = torch.arange(t, device=dev)
         new_f = head.unsqueeze(1) + tt  # (B,T) stream frame index of each new frame
-        valid_new = tt.unsqueeze(0) < length.unsqueeze(1)
-        write_slot = idx.unsqueeze(1).expand(-1, t)[valid_new]
-        write_pos = (new_f % n)[valid_new]
-        write_src = (torch.arange(b, device=dev).unsqueeze(1) * t + tt)[valid_new]
+        if layout is not None and layout.full:  # every new frame is written: no data-dependent shapes
+            write_slot = idx.unsqueeze(1).expand(-1, t).reshape(-1)
+            write_pos = (new_f % n).reshape(-1)
+            write_src = None
+        else:
+            valid_new = tt.unsqueeze(0) < length.unsqueeze(1)
+            write_slot = idx.unsqueeze(1).expand(-1, t)[valid_new]
+            write_pos = (new_f % n)[valid_new]
+            write_src = (torch.arange(b, device=dev).unsqueeze(1) * t + tt)[valid_new]
         # Stream frame held by each ring position after the write: the newest f < head+len, f = r mod N.
         end = (head + length).unsqueeze(1)  # (B,1)
         r = torch.arange(n, device=dev).unsqueeze(0)
@@ -334,10 +369,13 @@ class ConformerEncoder(nn.Module):
         allowed = chunk_ok & valid_k.unsqueeze(1) & valid_q.unsqueeze(2)
         # Relative position (C + i) - j is column (T-1-i) + j of the positional scores.
         ring_index = ((t - 1 - q).unsqueeze(2) + j.unsqueeze(1)).clamp(0, c + 2 * t - 2).unsqueeze(1)
-        start = int(idx[0])
-        contiguous = bool(torch.equal(idx, torch.arange(start, start + b, device=dev)))
+        if layout is None:
+            start = int(idx[0])
+            layout = HostLayout(start if bool(torch.equal(idx, torch.arange(start, start + b, device=dev))) else None,
+                                False)
+        rows = idx if layout.start is None else slice(layout.start, layout.start + b)
         return StepBatch(
-            idx=idx, rows=slice(start, start + b) if contiguous else idx, write_slot=write_slot, write_pos=write_pos,
+            idx=idx, rows=rows, write_slot=write_slot, write_pos=write_pos,
             write_src=write_src, ring_index=ring_index, att_mask=~allowed, pad=~valid_q,
             pos=self.pos_enc.positions(c + t - 1, -(t - 1), dev, dtype),
         )

@@ -5,7 +5,8 @@ sides) with a symmetric Hann window of win_length inside n_fft, the power spectr
 filterbank and log(x + guard); frame t is centred on sample hop*t and `len // hop` frames are valid.
 Frame t only touches samples [hop*t - n_fft/2, hop*t + n_fft/2) (zero outside the signal), so it can
 be produced as soon as the last sample its window weights is known: `SampleBuffer` keeps the samples
-still needed, `MelFrontend.frames` turns a batch of sample segments into frames.
+still needed, `MelFrontend.frames` turns a batch of sample segments into frames on the segments'
+device (the model's: the STFT and mel run on the GPU when the model is there).
 """
 from __future__ import annotations
 
@@ -61,8 +62,12 @@ class MelFrontend(nn.Module):
     def padded_window(self) -> Tensor:
         """The analysis window zero-padded (centred) to n_fft, as torch.stft applies it."""
         n_fft, win = self.cfg.n_fft, self.featurizer.window
-        left = (n_fft - win.numel()) // 2
-        return torch.nn.functional.pad(win.float(), (left, n_fft - win.numel() - left))
+        key = (win.data_ptr(), win._version, win.device)
+        if getattr(self, "_window_key", None) != key:
+            left = (n_fft - win.numel()) // 2
+            self._window_key = key
+            self._window = torch.nn.functional.pad(win.float(), (left, n_fft - win.numel() - left))
+        return self._window
 
     def reach(self) -> int:
         """Offset from a frame's centre of the last sample with non-zero window weight."""
@@ -103,12 +108,22 @@ class SampleBuffer:
 
     def segment(self, f0: int, f1: int) -> np.ndarray:
         """Preemphasised samples for frames [f0, f1): absolute [hop*f0 - n_fft/2, hop*(f1-1) + n_fft/2)."""
+        out = np.empty(self.cfg.hop_length * (f1 - 1 - f0) + 2 * self.half, dtype=np.float32)
+        self.segment_into(out, f0, f1)
+        return out
+
+    def segment_into(self, out: np.ndarray, f0: int, f1: int) -> int:
+        """`segment(f0, f1)` written into the start of `out` (a row of a step's buffer); its length."""
         hop, a = self.cfg.hop_length, self.cfg.preemph
         lo, hi = hop * f0 - self.half, hop * (f1 - 1) + self.half
+        y = out[: hi - lo]
         x = self._take(lo - 1, hi)
-        y = x[1:] - a * x[:-1] if a else x[1:].copy()
-        y[np.arange(lo, hi) >= self.total] = 0.0  # NeMo zeroes the preemphasised signal past its end
-        return y
+        if a:
+            np.subtract(x[1:], a * x[:-1], out=y)
+        else:
+            y[:] = x[1:]
+        y[max(0, self.total - lo):] = 0.0  # NeMo zeroes the preemphasised signal past its end
+        return hi - lo
 
     def discard_before_frame(self, f: int) -> None:
         """Forget samples no frame >= f needs."""
