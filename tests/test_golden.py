@@ -44,19 +44,23 @@ def stream(model, samples: np.ndarray, snapshot_steps=(0, 1)) -> dict:
     runner.push(slot, samples)
     runner.finish(slot)
     enc, tokens, counts, snaps, confs = [], [], [], {}, []
+
+    def keep(_module, args, o) -> None:  # the encoder's output of each step: (B, T, D), lengths args[1]
+        enc.append(o[0, : int(args[1][0])].float().clone())
+
+    hook = model.encoder.register_forward_hook(keep)
     step = 0
-    while runner.ready(slot):
-        runner.last_encoder_output = None
-        out = runner.step([slot])[0]
-        if runner.last_encoder_output is not None:
-            _, o, t = runner.last_encoder_output
-            enc.append(o[0, : int(t[0])].float())
-        tokens += out.token_ids
-        confs += out.confidences
-        counts.append(len(out.token_ids))
-        if step in snapshot_steps:
-            snaps[step] = _snapshot(runner, slot)
-        step += 1
+    try:
+        while runner.ready(slot):
+            out = runner.step([slot])[0]
+            tokens += out.token_ids
+            confs += out.confidences
+            counts.append(len(out.token_ids))
+            if step in snapshot_steps:
+                snaps[step] = _snapshot(runner, slot)
+            step += 1
+    finally:
+        hook.remove()
     return {"enc": torch.cat(enc), "enc_lens": [e.shape[0] for e in enc], "tokens": tokens, "counts": counts,
             "snaps": snaps, "confs": confs}
 

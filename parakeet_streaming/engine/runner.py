@@ -12,6 +12,13 @@ a short chunk, so the tail is deterministic and the same whether the stream is a
 
 Key terms (model/boosting.py): each stream may have its own phrase list, given at `open` or replaced
 with `set_keyterms`; compiled trees are cached by list, so streams with the same list share one.
+
+Host and device: the step's shapes and lengths are known on the host from the plans, so the only
+reads back from the device are greedy decoding's one copy of its emissions (model/rnnt.py). The
+samples go in through one reused (on CUDA: pinned) buffer; the mel front end runs on the device.
+With `cuda_graphs=True`, a step whose every row is a steady-state chunk runs the subsampling and
+encoder through engine/graphs.py (CUDA graphs at bucketed batch sizes on a CUDA device; on the CPU
+the same padded path, eagerly); first and tail chunks, and batches mixing them, run eagerly.
 """
 from __future__ import annotations
 
@@ -21,11 +28,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from parakeet_streaming.engine.graphs import BucketedGraphs
 from parakeet_streaming.engine.slots import PRE_ENCODE_CACHE, SlotTable
 from parakeet_streaming.model.asr import ASRModel
 from parakeet_streaming.model.boosting import (MAX_KEYTERM_TOKENS, MAX_KEYTERMS, BoostingParams, BoostingTree,
                                                Keyterm, KeytermCompiler)
+from parakeet_streaming.model.encoder import HostLayout, subsampled_length
 from parakeet_streaming.model.frontend import SampleBuffer
+from parakeet_streaming.model.transfer import pinned, to_device
 
 DROP_PRE_ENCODED = 2  # subsampled frames that only the pre-encode context produced
 Keyterms = Sequence[str | Keyterm | tuple[str, float]]
@@ -61,12 +71,13 @@ class _Plan:
 
 class Runner:
     def __init__(self, model: ASRModel, num_slots: int, device: str | torch.device = "cpu",
-                 max_keyterms: int = MAX_KEYTERMS, max_keyterm_tokens: int = MAX_KEYTERM_TOKENS) -> None:
+                 max_keyterms: int = MAX_KEYTERMS, max_keyterm_tokens: int = MAX_KEYTERM_TOKENS,
+                 cuda_graphs: bool = False) -> None:
         self.model = model.to(device)
         self.compile_keyterms = KeytermCompiler(model.tokenizer, max_keyterms, max_keyterm_tokens)
         self.device = torch.device(device)
         self.dtype = next(model.encoder.parameters()).dtype
-        self.table = SlotTable(model, num_slots, self.device, self.dtype)
+        self.table = SlotTable(model, num_slots, self.device, self.dtype, scratch_slots=1 if cuda_graphs else 0)
         enc, feat = model.config.encoder, model.config.features
         sub = enc.subsampling_factor
         self.first_frames = 1 + sub * enc.lookahead
@@ -77,7 +88,13 @@ class Runner:
         self.chunk_samples = self.chunk_frames * feat.hop_length
         self._reach = model.preprocessor.reach()
         self._cursors: list[_Cursor | None] = [None] * num_slots
-        self.last_encoder_output: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        # One row per slot of a step's preemphasised samples, reused; rows are packed from the start.
+        self._seg_len = feat.hop_length * (max(self.first_frames, self.chunk_frames) - 1) + feat.n_fft
+        self._seg = pinned((num_slots * self._seg_len,), torch.float32, self.device)
+        self._seg_copied: torch.cuda.Event | None = None
+        self.graphs = BucketedGraphs(self._steady_encode, (PRE_ENCODE_CACHE + self.chunk_frames, feat.n_mels),
+                                     torch.float32, self.device, num_slots, scratch=num_slots,
+                                     capture=self.device.type == "cuda") if cuda_graphs else None
 
     # ---- per-slot bookkeeping ------------------------------------------------------------
     def open(self, slot: int, keyterms: Keyterms | BoostingTree | None = None,
@@ -128,11 +145,6 @@ class Runner:
             return False
         return cur.audio.finished or cur.audio.frames_available() >= cur.next_frame + self._want(cur)
 
-    def pending_samples(self, slot: int) -> int:
-        """Samples received but not yet decoded (roughly; for scheduling and metrics)."""
-        cur = self._cursor(slot)
-        return cur.audio.total - cur.next_frame * self.model.config.features.hop_length
-
     def _cursor(self, slot: int) -> _Cursor:
         cur = self._cursors[slot]
         if cur is None:
@@ -157,57 +169,83 @@ class Runner:
         return [self._advance(p, emitted.get(p.slot)) for p in plans]
 
     def _run(self, work: list[_Plan]) -> dict[int, tuple[list[int], list[float], list[int], int]]:
-        idx = torch.tensor([p.slot for p in work], device=self.device)
+        slots = [p.slot for p in work]
+        lengths = [p.n if p.first else p.n + PRE_ENCODE_CACHE for p in work]  # subsampling input
+        t_list = [self._encoder_frames(p) for p in work]
+        idx, n, first, length, t_len = to_device([slots, [p.n for p in work], [p.first for p in work], lengths,
+                                                  t_list], self.device)
+        first = first.bool()
         dec_state, ctx = self.table.gather(idx)
-        keyterms = self.table.keyterms.gather([p.slot for p in work], idx)
+        keyterms = self.table.keyterms.gather(slots, idx)
         mel_new = self._mel(work)  # (B, F, M) float32
-        x, length, new_ctx = self._pre_encode_input(work, ctx, mel_new)
-        sub, sub_len = self.model.encoder.pre_encode(x.to(self.dtype), length)
-        x, t_len = self._drop_context(work, sub, sub_len)
-        out = self.model.encoder(x, t_len, self.table.enc, idx)
-        self.last_encoder_output = (idx, out, t_len)  # for tests and calibration
+        x, new_ctx = self._pre_encode_input(n, first, length, ctx, mel_new)
+        if self.graphs is not None and all(not p.first and p.n == self.chunk_frames for p in work):
+            out = self.graphs(x, idx)
+        else:
+            sub, _ = self.model.encoder.pre_encode(x.to(self.dtype), length)
+            x = self._drop_context(first, sub, max(t_list))
+            out = self.model.encoder(x, t_len, self.table.enc, idx, layout=HostLayout.of(slots, t_list, x.size(1)))
         em, dec_state = self.model.greedy.decode(out.to(dec_state.h.dtype), t_len, dec_state, keyterms)
         self.table.scatter(idx, dec_state, new_ctx)
         self.table.keyterms.scatter(idx, keyterms)
-        t_list = t_len.tolist()
         return {p.slot: (em.tokens[b], em.confidences[b], em.frames[b], t_list[b]) for b, p in enumerate(work)}
 
-    def _mel(self, work: list[_Plan]) -> torch.Tensor:
-        hop, n_fft = self.model.config.features.hop_length, self.model.config.features.n_fft
-        f_max = max(p.n for p in work)
-        seg = np.zeros((len(work), hop * (f_max - 1) + n_fft), dtype=np.float32)
-        for b, p in enumerate(work):
-            s = self._cursor(p.slot).audio.segment(p.f0, p.f0 + p.n)
-            seg[b, : len(s)] = s
-        return self.model.preprocessor.frames(torch.from_numpy(seg)).to(self.device)
+    def _encoder_frames(self, plan: _Plan) -> int:
+        """Encoder frames a chunk yields: its subsampled length, less the context's (later chunks)."""
+        if plan.first:
+            return subsampled_length(plan.n, self.model.config.encoder.subsampling_factor)
+        full = subsampled_length(plan.n + PRE_ENCODE_CACHE, self.model.config.encoder.subsampling_factor)
+        return full - DROP_PRE_ENCODED
 
-    def _pre_encode_input(self, work: list[_Plan], ctx: torch.Tensor, mel_new: torch.Tensor
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _steady_encode(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Subsampling and encoder for rows that are all steady-state chunks (fixed shapes, nothing
+        read back): what engine/graphs.py captures."""
+        b, t = x.size(0), self.model.chunk_frames
+        length = torch.full((b,), x.size(1), dtype=torch.long, device=x.device)
+        sub, _ = self.model.encoder.pre_encode(x.to(self.dtype), length)
+        x = sub[:, DROP_PRE_ENCODED:DROP_PRE_ENCODED + t].contiguous()
+        t_len = torch.full((b,), t, dtype=torch.long, device=x.device)
+        return self.model.encoder(x, t_len, self.table.enc, idx, layout=HostLayout(None, True))
+
+    def _mel(self, work: list[_Plan]) -> torch.Tensor:
+        """Log-mel frames of every row's new chunk, (B, F, M), on the device: the samples are packed
+        into the reused buffer, copied in one go and turned into frames there."""
+        hop, n_fft = self.model.config.features.hop_length, self.model.config.features.n_fft
+        width = hop * (max(p.n for p in work) - 1) + n_fft
+        if self._seg_copied is not None:
+            self._seg_copied.synchronize()  # the previous step's copy has left the buffer
+        seg = self._seg[: len(work) * width].view(len(work), width)
+        rows = seg.numpy()
+        for b, p in enumerate(work):
+            used = self._cursor(p.slot).audio.segment_into(rows[b], p.f0, p.f0 + p.n)
+            rows[b, used:] = 0.0
+        if self.device.type == "cuda":
+            seg = seg.to(self.device, non_blocking=True)
+            self._seg_copied = torch.cuda.Event()
+            self._seg_copied.record()
+        else:
+            seg = seg.to(self.device)
+        return self.model.preprocessor.frames(seg)
+
+    def _pre_encode_input(self, n: torch.Tensor, first: torch.Tensor, length: torch.Tensor, ctx: torch.Tensor,
+                          mel_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Subsampling input per stream: [previous 9 frames; new] (later chunks) or [new] (first),
         right-padded; plus the next context, the last 9 frames of [context; new]."""
         b, f_max, _ = mel_new.shape
         full = torch.cat([ctx, mel_new], dim=1)  # (B, 9 + F, M)
-        n = torch.tensor([p.n for p in work], device=self.device)
-        first = torch.tensor([p.first for p in work], device=self.device)
         offset = torch.where(first, PRE_ENCODE_CACHE, 0)
-        length = torch.where(first, n, n + PRE_ENCODE_CACHE)
         pos = torch.arange(PRE_ENCODE_CACHE + f_max, device=self.device)
         src = (offset.unsqueeze(1) + pos.unsqueeze(0)).clamp(max=full.size(1) - 1)
         x = torch.gather(full, 1, src.unsqueeze(2).expand(-1, -1, full.size(2)))
         x = x * (pos.unsqueeze(0) < length.unsqueeze(1)).unsqueeze(2)
         ctx_src = n.unsqueeze(1) + torch.arange(PRE_ENCODE_CACHE, device=self.device).unsqueeze(0)
         new_ctx = torch.gather(full, 1, ctx_src.unsqueeze(2).expand(-1, -1, full.size(2)))
-        return x, length, new_ctx
+        return x, new_ctx
 
-    def _drop_context(self, work: list[_Plan], sub: torch.Tensor, sub_len: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        first = torch.tensor([p.first for p in work], device=self.device)
+    def _drop_context(self, first: torch.Tensor, sub: torch.Tensor, t_max: int) -> torch.Tensor:
         drop = torch.where(first, 0, DROP_PRE_ENCODED)
-        t_len = sub_len - drop
-        t_max = int(t_len.max())
         src = (drop.unsqueeze(1) + torch.arange(t_max, device=self.device).unsqueeze(0)).clamp(max=sub.size(1) - 1)
-        x = torch.gather(sub, 1, src.unsqueeze(2).expand(-1, -1, sub.size(2)))
-        return x, t_len
+        return torch.gather(sub, 1, src.unsqueeze(2).expand(-1, -1, sub.size(2)))
 
     def _advance(self, plan: _Plan, emitted: tuple[list[int], list[float], list[int], int] | None) -> StepOutput:
         cur = self._cursor(plan.slot)

@@ -4,6 +4,9 @@ Per slot: the encoder state (updated in place by the encoder), the RNN-T decoder
 last `PRE_ENCODE_CACHE` mel frames that the next chunk is prefixed with, and the key-term boosting
 tree and its state (model/boosting.py). A step gathers the small decoder and mel rows of its slots
 and writes them back; nothing is allocated per stream except a stream's own key-term tree.
+
+`scratch_slots` adds encoder state past the last slot that no stream owns: the padding rows of a
+bucketed (CUDA-graph) encoder step write there (engine/graphs.py).
 """
 from __future__ import annotations
 
@@ -19,9 +22,11 @@ PRE_ENCODE_CACHE = 9  # mel frames of left context for the causal subsampling (c
 
 
 class SlotTable:
-    def __init__(self, model: ASRModel, num_slots: int, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, model: ASRModel, num_slots: int, device: torch.device, dtype: torch.dtype,
+                 scratch_slots: int = 0) -> None:
         self.num_slots = num_slots
-        self.enc: EncoderState = model.encoder.initial_state(num_slots, model.chunk_frames, device, dtype)
+        self.enc: EncoderState = model.encoder.initial_state(num_slots + scratch_slots, model.chunk_frames,
+                                                             device, dtype)
         dec_dtype = next(model.decoder.parameters()).dtype  # float32 unless the whole model is cast
         with torch.no_grad():
             self._sos = model.greedy.initial_state(1, device, dec_dtype)
