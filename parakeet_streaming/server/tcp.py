@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import Awaitable, Callable
-
 from parakeet_streaming.server.context import ServerContext
 from parakeet_streaming.server.security import auth_line_token
 from parakeet_streaming.server.session import Link, peer_name, serve_connection
@@ -19,7 +17,6 @@ log = logging.getLogger("parakeet_streaming.tcp")
 
 AUTH_SECONDS = 30.0  # wait for the auth line when --idle-timeout is 0 (a silent socket must not linger)
 AUTH_HINT = 'the first line must be {"type":"auth","token":"<API key>"} with a valid key'
-Recv = Callable[[], Awaitable["Message | None"]]
 
 
 class LineReader:
@@ -28,13 +25,24 @@ class LineReader:
 
     A line over the cap yields OVERSIZED once; the framing is then lost, so everything after it is
     discarded until EOF. Blank lines are skipped. Returns None at EOF or on a connection error.
+    `skip_auth`: a first line that is an auth line is passed over (a server without keys serves a
+    client that sends one anyway as if it had not).
     """
 
-    def __init__(self, reader: asyncio.StreamReader, cap: int) -> None:
+    def __init__(self, reader: asyncio.StreamReader, cap: int, skip_auth: bool = False) -> None:
         self._reader, self._cap = reader, cap
         self._lost = False
+        self._skip_auth = skip_auth
 
     async def recv(self) -> Message | None:
+        line = await self._line()
+        if self._skip_auth:
+            self._skip_auth = False
+            if isinstance(line, str) and auth_line_token(line) is not None:
+                line = await self._line()
+        return line
+
+    async def _line(self) -> Message | None:
         if self._lost:
             return await self._discard()
         while True:
@@ -68,7 +76,7 @@ async def serve_tcp(ctx: ServerContext, host: str, port: int,
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            await _handle(ctx, LineReader(reader, cap), writer)
+            await _handle(ctx, LineReader(reader, cap, skip_auth=not ctx.auth.required), writer)
         except Exception:  # noqa: BLE001 - one connection must never take the server down
             log.exception("tcp connection failed")
         finally:
@@ -84,29 +92,12 @@ async def _handle(ctx: ServerContext, lines: LineReader, writer: asyncio.StreamW
         await writer.drain()
 
     token = await _auth_line(ctx, lines) if ctx.auth.required else None
-    recv = lines.recv if ctx.auth.required else _skip_auth_line(lines.recv)
-    link = Link(recv, send, request=Request(transport="tcp"), peer=peer_name(writer.get_extra_info("peername")))
+    link = Link(lines.recv, send, request=Request(transport="tcp"), peer=peer_name(writer.get_extra_info("peername")))
     await serve_connection(ctx, link, token=token, unauthorized=AUTH_HINT)
 
 
 def _text(line: bytes) -> str:
     return line.decode("utf-8", "surrogateescape")
-
-
-def _skip_auth_line(recv: Recv) -> Recv:
-    """Without keys, a client that sends an auth line anyway is served as if it had not."""
-    first = True
-
-    async def wrapped() -> Message | None:
-        nonlocal first
-        line = await recv()
-        if first:
-            first = False
-            if isinstance(line, str) and auth_line_token(line) is not None:
-                return await recv()
-        return line
-
-    return wrapped
 
 
 async def _auth_line(ctx: ServerContext, lines: LineReader) -> str | None:
