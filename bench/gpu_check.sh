@@ -34,18 +34,17 @@ part() {  # name budget_seconds command...
     local rc=0
     wait "$pid" || rc=$?
     kill -- "-$pid" 2>/dev/null || true
-    if [ "$rc" -ne 0 ]; then
-        echo "=== $name: exit code $rc (124: out of its time budget)"
+    if [ "$rc" -eq 124 ]; then
+        echo "=== $name: stopped, out of its time budget"
+    elif [ "$rc" -ne 0 ]; then
+        echo "=== $name: failed, exit code $rc"
     fi
 }
 
 capacity() {  # name budget server_flags
     local name=$1 budget=$2 flags=$3
-    local ladder=(--max-streams 512)
-    if python bench/capacity.py --help | grep -q -- "--levels"; then
-        ladder=(--levels "$LEVELS" --max-streams 512)
-    fi
-    part "$name" "$budget" python bench/capacity.py --start-server "$flags" "${ladder[@]}" --rounds 1 --seconds 8
+    part "$name" "$budget" python bench/capacity.py --start-server "$flags" --levels "$LEVELS" --max-streams 512 \
+        --rounds 1 --seconds 8
 }
 
 echo "=== machine"
@@ -53,21 +52,23 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 python -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())'
 python -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "no CUDA device: nothing to check")'
 
-part "model step: small [70,1] float32" 60 \
+part "model step: small [70,1] float32" 50 \
     python bench/model_step.py --device cuda --models small --att 70,1 --dtype float32 --batches "$BATCHES"
-part "model step: small [70,1] bfloat16" 50 \
+part "model step: small [70,1] bfloat16" 45 \
     python bench/model_step.py --device cuda --models small --att 70,1 --dtype bfloat16 --batches "$BATCHES"
-part "model step: small [70,1] bfloat16, CUDA graphs" 50 \
+part "model step: small [70,1] bfloat16, CUDA graphs" 45 \
     python bench/model_step.py --device cuda --models small --att 70,1 --dtype bfloat16 --batches "$BATCHES" --cuda-graphs
-part "model step: large [70,6] / [70,1] bfloat16" 100 \
+part "model step: large [70,6] / [70,1] bfloat16" 95 \
     python bench/model_step.py --device cuda --models large --att 70,6/70,1 --dtype bfloat16 --batches "$BATCHES"
 
-capacity "served capacity: small [70,1] bfloat16" 75 \
+capacity "served capacity: small [70,1] bfloat16" 60 \
     "--model-size small --load-format dummy --device cuda --dtype bfloat16"
-capacity "served capacity: large [70,6] bfloat16" 65 \
-    "--model-size large --load-format dummy --device cuda --dtype bfloat16 --att-context-size 70,6"
-capacity "served capacity: large [70,1] bfloat16" 65 \
-    "--model-size large --load-format dummy --device cuda --dtype bfloat16 --att-context-size 70,1"
+capacity "served capacity: small [70,1] bfloat16, CUDA graphs" 60 \
+    "--model-size small --load-format dummy --device cuda --dtype bfloat16 --cuda-graphs"
+capacity "served capacity: large [70,6] bfloat16, CUDA graphs" 55 \
+    "--model-size large --load-format dummy --device cuda --dtype bfloat16 --att-context-size 70,6 --cuda-graphs"
+capacity "served capacity: large [70,1] bfloat16, CUDA graphs" 55 \
+    "--model-size large --load-format dummy --device cuda --dtype bfloat16 --att-context-size 70,1 --cuda-graphs"
 
 echo
 echo "=== done in $(($(date +%s) - START)) s"
