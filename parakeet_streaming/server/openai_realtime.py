@@ -125,8 +125,7 @@ _VAD_KEYS = {"type", "threshold", "prefix_padding_ms", "silence_duration_ms", "c
 
 def update_session(config: SessionConfig, session: Any) -> SessionConfig:
     """Apply a `session.update`'s `session` object: fields present replace, absent ones stay."""
-    obj = _object(session, "session")
-    _known(obj, _SESSION_KEYS, "session")
+    obj = _object(session, "session", _SESSION_KEYS)
     kind = obj.get("type")
     if kind != "transcription":
         raise RealtimeError("invalid_value", f"Invalid value: {kind!r}. This server serves transcription sessions "
@@ -137,10 +136,8 @@ def update_session(config: SessionConfig, session: Any) -> SessionConfig:
             raise RealtimeError("invalid_value", f"Invalid value for 'session.include': {include!r} (supported: "
                                 f"[{LOGPROBS!r}]).", param="session.include")
         config = replace(config, logprobs=bool(include))
-    audio = _object(obj.get("audio", {}), "session.audio")
-    _known(audio, {"input", "output"}, "session.audio")
-    inp = _object(audio.get("input", {}), "session.audio.input")
-    _known(inp, _INPUT_KEYS, "session.audio.input")
+    audio = _object(obj.get("audio", {}), "session.audio", {"input", "output"})
+    inp = _object(audio.get("input", {}), "session.audio.input", _INPUT_KEYS)
     if "format" in inp:
         config = replace(config, format=_format(inp["format"]))
     if "transcription" in inp:
@@ -170,8 +167,7 @@ def _format(value: Any) -> str:
 def _transcription(config: SessionConfig, value: Any) -> SessionConfig:
     if value is None:
         return replace(config, model=None, language=None, prompt=None, keywords=(), extra_transcription={})
-    obj = _object(value, "session.audio.input.transcription")
-    _known(obj, _TRANSCRIPTION_KEYS, "session.audio.input.transcription")
+    obj = _object(value, "session.audio.input.transcription", _TRANSCRIPTION_KEYS)
     for key in ("model", "language", "prompt"):
         if obj.get(key) is not None and not isinstance(obj[key], str):
             raise RealtimeError("invalid_type", f"Invalid type for 'session.audio.input.transcription.{key}': "
@@ -200,8 +196,7 @@ def _turn_detection(value: Any, current: ServerVad | None) -> ServerVad | None:
     if value is None:
         return None
     name = "session.audio.input.turn_detection"
-    obj = _object(value, name)
-    _known(obj, _VAD_KEYS, name)
+    obj = _object(value, name, _VAD_KEYS)
     kind = obj.get("type", "server_vad")
     if kind not in ("server_vad", "semantic_vad"):
         raise RealtimeError("invalid_value", f"Invalid value: {kind!r}. Supported values are: 'server_vad', "
@@ -226,17 +221,16 @@ def _ms(obj: dict[str, Any], key: str, default: int, name: str) -> int:
     return value
 
 
-def _object(value: Any, name: str) -> dict[str, Any]:
+def _object(value: Any, name: str, keys: set[str] | None = None) -> dict[str, Any]:
+    """`value` as an object (with `keys`: one holding no other key)."""
     if not isinstance(value, dict):
         raise RealtimeError("invalid_type", f"Invalid type for '{name}': expected an object, but got "
                             f"{type(value).__name__}.", param=name)
+    unknown = [key for key in value if keys is not None and key not in keys]
+    if unknown:
+        raise RealtimeError("unknown_parameter", f"Unknown parameter: '{name}.{unknown[0]}'.",
+                            param=f"{name}.{unknown[0]}")
     return value
-
-
-def _known(obj: dict[str, Any], keys: set[str], name: str) -> None:
-    for key in obj:
-        if key not in keys:
-            raise RealtimeError("unknown_parameter", f"Unknown parameter: '{name}.{key}'.", param=f"{name}.{key}")
 
 
 def session_object(config: SessionConfig, session_id: str) -> dict[str, Any]:
