@@ -33,6 +33,7 @@ from parakeet_streaming.model.boosting import KeytermError, parse_weighted
 from parakeet_streaming.server.byte_audio import ByteAudio
 from parakeet_streaming.server.context import ModelInfo, ServerContext
 from parakeet_streaming.server.intake import AudioIntake
+from parakeet_streaming.server.security import request_token
 from parakeet_streaming.server.wire import (CLOSE_AGAIN, CLOSE_ERROR, CLOSE_POLICY, CLOSE_TOO_BIG, OVERSIZED,
                                             Endpointing, Keyterms, Message, Request, State, StreamProtocol)
 
@@ -163,6 +164,9 @@ def _flag(query: Mapping[str, str], name: str) -> bool | None:
     return value.lower() in ("true", "1")
 
 
+api_key = request_token  # Deepgram's `Authorization: Token KEY`, or `Bearer KEY`, or `?token=KEY`
+
+
 def upgrade_check(request: Request, ctx: ServerContext) -> ListenRejected | None:
     """Deepgram refuses a bad request before the WebSocket upgrade: HTTP 400 for a bad parameter,
     401 for a missing or wrong key (when the server has keys)."""
@@ -178,15 +182,6 @@ def upgrade_check(request: Request, ctx: ServerContext) -> ListenRejected | None
     except KeytermError as exc:
         return _bad(f"keyterm: {exc}.")
     return None
-
-
-def api_key(headers: Mapping[str, str], query: Mapping[str, Sequence[str]]) -> str | None:
-    """Deepgram's `Authorization: Token KEY`, or `Bearer KEY`, or `?token=KEY`."""
-    scheme, _, value = (headers.get("Authorization") or "").partition(" ")
-    if scheme.lower() in ("token", "bearer") and value.strip():
-        return value.strip()
-    tokens = query.get("token")
-    return tokens[-1] if tokens else None
 
 
 # --- client messages -------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import json
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from parakeet_streaming.config import ServerConfig
@@ -62,14 +62,17 @@ def _read_key_file(path: str) -> list[str]:
 
 
 def bearer_token(headers: Mapping[str, str], path_or_query: str) -> str | None:
-    """The key of an HTTP or WebSocket request: the `Authorization: Bearer KEY` header (or `Token KEY`,
-    Deepgram's scheme) wins over `?token=`."""
-    auth = headers.get("Authorization") or ""
-    scheme, _, value = auth.partition(" ")
+    """The key of an HTTP or WebSocket request (see `request_token`), from its path and query."""
+    return request_token(headers, parse_qs(urlsplit(path_or_query).query))
+
+
+def request_token(headers: Mapping[str, str], query: Mapping[str, Sequence[str]]) -> str | None:
+    """The `Authorization: Bearer KEY` header (or `Token KEY`, Deepgram's scheme) wins over `?token=`."""
+    scheme, _, value = (headers.get("Authorization") or "").partition(" ")
     if scheme.lower() in ("bearer", "token") and value.strip():
         return value.strip()
-    query = parse_qs(urlsplit(path_or_query).query)
-    return query["token"][-1] if "token" in query else None
+    tokens = query.get("token")
+    return tokens[-1] if tokens else None
 
 
 def auth_line_token(line: bytes | str) -> str | None:
