@@ -13,12 +13,15 @@ a short chunk, so the tail is deterministic and the same whether the stream is a
 Key terms (model/boosting.py): each stream may have its own phrase list, given at `open` or replaced
 with `set_keyterms`; compiled trees are cached by list, so streams with the same list share one.
 
-Host and device: the step's shapes and lengths are known on the host from the plans, so the only
-reads back from the device are greedy decoding's one copy of its emissions (model/rnnt.py). The
-samples go in through one reused (on CUDA: pinned) buffer; the mel front end runs on the device.
-With `cuda_graphs=True`, a step whose every row is a steady-state chunk runs the subsampling and
-encoder through engine/graphs.py (CUDA graphs at bucketed batch sizes on a CUDA device; on the CPU
-the same padded path, eagerly); first and tail chunks, and batches mixing them, run eagerly.
+Host and device: the step's shapes and lengths are known on the host from the plans, so it reads
+back from the device only in greedy decoding (its one copy of the emissions, and on a GPU a check
+for the end every T iterations: model/rnnt.py) and, in a step with a short tail chunk, where the
+encoder picks the frames it writes. The samples go in through one reused (on CUDA: pinned) buffer;
+the mel front end runs on the device.
+With `cuda_graphs=True`, the rows of a step that are steady-state chunks (not the first, a full
+chunk) run the subsampling and encoder through engine/graphs.py (CUDA graphs at bucketed batch sizes
+on a CUDA device; on the CPU the same padded path, eagerly); first and tail chunks, which have other
+lengths, run eagerly beside them.
 """
 from __future__ import annotations
 
@@ -179,12 +182,7 @@ class Runner:
         keyterms = self.table.keyterms.gather(slots, idx)
         mel_new = self._mel(work)  # (B, F, M) float32
         x, new_ctx = self._pre_encode_input(n, first, length, ctx, mel_new)
-        if self.graphs is not None and all(not p.first and p.n == self.chunk_frames for p in work):
-            out = self.graphs(x, idx)
-        else:
-            sub, _ = self.model.encoder.pre_encode(x.to(self.dtype), length)
-            x = self._drop_context(first, sub, max(t_list))
-            out = self.model.encoder(x, t_len, self.table.enc, idx, layout=HostLayout.of(slots, t_list, x.size(1)))
+        out = self._encode(work, x, idx, first, length, t_len, t_list)
         em, dec_state = self.model.greedy.decode(out.to(dec_state.h.dtype), t_len, dec_state, keyterms)
         self.table.scatter(idx, dec_state, new_ctx)
         self.table.keyterms.scatter(idx, keyterms)
@@ -196,6 +194,31 @@ class Runner:
             return subsampled_length(plan.n, self.model.config.encoder.subsampling_factor)
         full = subsampled_length(plan.n + PRE_ENCODE_CACHE, self.model.config.encoder.subsampling_factor)
         return full - DROP_PRE_ENCODED
+
+    def _encode(self, work: list[_Plan], x: torch.Tensor, idx: torch.Tensor, first: torch.Tensor,
+                length: torch.Tensor, t_len: torch.Tensor, t_list: list[int]) -> torch.Tensor:
+        """Subsampling and encoder, (B, T, D): with graphs on, the steady-state rows go through them
+        and the others (first and tail chunks) run eagerly beside them."""
+        steady = [b for b, p in enumerate(work) if not p.first and p.n == self.chunk_frames] if self.graphs else []
+        if self.graphs is not None and len(steady) == len(work):
+            return self.graphs(x, idx)
+        if not steady:
+            return self._eager_encode(x, idx, first, length, t_len, [p.slot for p in work], t_list)
+        rest = sorted(set(range(len(work))) - set(steady))
+        s, r = (to_device([rows], self.device)[0] for rows in (steady, rest))
+        out = torch.zeros(len(work), max(t_list), self.model.config.encoder.d_model, dtype=self.dtype,
+                          device=self.device)
+        out[s] = self.graphs(x[s], idx[s])
+        eager = self._eager_encode(x[r], idx[r], first[r], length[r], t_len[r], [work[b].slot for b in rest],
+                                   [t_list[b] for b in rest])
+        out[r, : eager.size(1)] = eager
+        return out
+
+    def _eager_encode(self, x: torch.Tensor, idx: torch.Tensor, first: torch.Tensor, length: torch.Tensor,
+                      t_len: torch.Tensor, slots: list[int], t_list: list[int]) -> torch.Tensor:
+        sub, _ = self.model.encoder.pre_encode(x.to(self.dtype), length)
+        x = self._drop_context(first, sub, max(t_list))
+        return self.model.encoder(x, t_len, self.table.enc, idx, layout=HostLayout.of(slots, t_list, x.size(1)))
 
     def _steady_encode(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Subsampling and encoder for rows that are all steady-state chunks (fixed shapes, nothing
