@@ -50,6 +50,7 @@ def test_bucketed_call_pads_and_unpads() -> None:
     graphs(x[:2], torch.tensor([7, 8]))  # a smaller bucket after a bigger one: its own buffers
     assert seen[-1][1].tolist() == [7, 8]
     assert graphs.captured() == []  # capture only on CUDA
+    assert graphs.prepare([9]) == [] and 12 in graphs._buckets and len(seen) == 2  # built, not run
     with pytest.raises(ValueError):
         graphs(torch.zeros(2, 3, 3), torch.tensor([0, 1]))
 

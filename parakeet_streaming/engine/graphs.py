@@ -8,9 +8,9 @@ slot that no stream owns (engine/slots.py `scratch_slots`), so the padding rows'
 encoder state land there and never in a real slot; their outputs are dropped.
 
 The function must read nothing back to the host and allocate no tensor that outlives it (the
-runner's steady-state encoder step: engine/runner.py). Graphs are captured lazily, on a bucket's
-first use (a warm-up run on the scratch slot, then the capture); a capture that fails leaves that
-bucket eager. With `capture=False` (any device, and what the CPU tests run) the same padded path
+runner's steady-state encoder step: engine/runner.py). Graphs are captured on a bucket's first use
+(a warm-up run on the scratch slot, then the capture), or all at once by `prepare()`; a capture
+that fails leaves that bucket eager. With `capture=False` (any device, and what the CPU tests run) the same padded path
 runs eagerly.
 """
 from __future__ import annotations
@@ -85,6 +85,13 @@ class BucketedGraphs:
         assert entry.graph is not None and entry.out is not None
         entry.graph.replay()
         return entry.out[:b].clone()  # the static output is overwritten by the next replay
+
+    def prepare(self, sizes: Sequence[int] | None = None) -> list[int]:
+        """Build (and on CUDA capture) the buckets now instead of on first use, e.g. at start-up;
+        touches only the scratch slot. Returns the buckets that replay a graph."""
+        for n in self.sizes if sizes is None else sizes:
+            self._bucket(bucket_for(n, self.sizes))
+        return self.captured()
 
     def captured(self) -> list[int]:
         """Buckets that replay a graph (the rest run eagerly)."""

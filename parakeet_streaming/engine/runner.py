@@ -128,6 +128,12 @@ class Runner:
             return keyterms
         return self.compile_keyterms(keyterms, boosting) if keyterms else None
 
+    @torch.inference_mode()
+    def prepare_graphs(self) -> list[int]:
+        """With `cuda_graphs`, capture every bucket now (start-up) rather than on each one's first
+        steady step; touches no stream's state. Returns the captured batch sizes ([] on the CPU)."""
+        return self.graphs.prepare() if self.graphs is not None else []
+
     def keyterm_count(self, slot: int) -> int:
         tree = self.table.keyterms.trees[slot]
         return 0 if tree is None else tree.num_phrases
