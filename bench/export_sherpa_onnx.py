@@ -136,6 +136,9 @@ def metadata(nemo, name: str, att: tuple[int, int]) -> dict[str, object]:
     }
 
 
+PROTOBUF_LIMIT = 2 ** 31  # larger models (the large encoder) keep their weights in a .data file beside them
+
+
 def add_metadata(path: Path, meta: dict[str, object]) -> None:
     import onnx
 
@@ -144,7 +147,9 @@ def add_metadata(path: Path, meta: dict[str, object]) -> None:
     for key, value in meta.items():
         prop = model.metadata_props.add()
         prop.key, prop.value = key, str(value)
-    onnx.save(model, str(path))
+    external = sum(len(t.raw_data) for t in model.graph.initializer) >= PROTOBUF_LIMIT - 2 ** 26
+    onnx.save(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
+              location=path.stem + ".data")
 
 
 def write_tokens(tokenizer, path: Path) -> None:
@@ -167,7 +172,7 @@ def quantize(out: Path) -> None:
 
     for part in ("encoder", "decoder", "joiner"):
         quantize_dynamic(model_input=str(out / f"{part}.onnx"), model_output=str(out / f"{part}.int8.onnx"),
-                         weight_type=QuantType.QUInt8)
+                         weight_type=QuantType.QUInt8, use_external_data_format=(out / f"{part}.data").exists())
 
 
 def session(path: Path):
