@@ -175,7 +175,11 @@ def agreement(ref: list[int], hyp: list[int], unk: int = 0) -> tuple[float, floa
 
 def check_export(args: argparse.Namespace, chunk_ms: int) -> dict[str, Any]:
     """The export's chunk and attention context are ours (bench/export_sherpa_onnx.py's record)."""
-    record = json.loads((Path(args.export) / "export.json").read_text())
+    path = Path(args.export) / "export.json"
+    if not path.is_file():
+        raise SystemExit(f"no export in {args.export} (run: .nemo-venv/bin/python bench/export_sherpa_onnx.py "
+                         f"--model {args.model} --att {args.att[0]},{args.att[1]})")
+    record = json.loads(path.read_text())
     meta = record["metadata"]
     if tuple(record["att_context_size"]) != args.att or int(meta["chunk_size_ms"]) != chunk_ms:
         raise SystemExit(f"{args.export} is att_context_size {record['att_context_size']}, "
@@ -213,6 +217,9 @@ def main() -> None:
     args.chunk_samples = SAMPLE_RATE * chunk_ms // 1000
     warm_steps = args.att[0] // (args.att[1] + 1) + 1  # batched steps before the attention cache is full
     meta = check_export(args, chunk_ms)
+    if any(c.startswith("sherpa-") for c in args.configs.split(",")) and not Path(args.sherpa_python).is_file():
+        raise SystemExit(f"{args.sherpa_python} does not exist (make it: python3 -m venv /work/venv-sherpa && "
+                         "/work/venv-sherpa/bin/pip install sherpa-onnx numpy; or pass --sherpa-python)")
     streams = [int(v) for v in args.streams.split(",")]
     audio = pseudo_speech(args.seconds, seed=1)
     print(f"model {args.model} {list(args.att)}, chunk {chunk_ms} ms (sherpa-onnx window {meta['window_size']} / "
