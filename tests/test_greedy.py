@@ -136,8 +136,14 @@ def test_keyterms_change_the_decisions(greedy) -> None:
     assert boosted.tokens[1] == plain.tokens[1]
 
 
-def test_empty_chunk(greedy) -> None:
+@pytest.mark.parametrize("sync_free", [False, True])
+@pytest.mark.parametrize("t", [0, 3])
+def test_nothing_to_decode(greedy, sync_free, t) -> None:
+    set_blank_bias(greedy, -30.0)  # every valid frame would emit
     with torch.inference_mode():
         state = greedy.initial_state(3, "cpu", torch.float32)
-        em, new = greedy.decode(torch.zeros(3, 0, 64), torch.zeros(3, dtype=torch.long), state)
-    assert em.tokens == [[], [], []] and torch.equal(new.h, state.h)
+        enc = torch.randn(3, t, 64)
+        em, new = greedy.decode(enc, torch.zeros(3, dtype=torch.long), state, sync_free=sync_free)
+    assert em.tokens == [[], [], []] and em.frames == [[], [], []]
+    for name in ("h", "c", "g"):
+        assert torch.equal(getattr(new, name), getattr(state, name))

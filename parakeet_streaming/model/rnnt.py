@@ -133,8 +133,9 @@ class GreedyDecoder:
         the end. Each row sees exactly NeMo's frame loop (the same joint and LSTM inputs in the same
         order); only the schedule across rows differs.
 
-        `sync_free` (default: on any device but the CPU) never reads the device inside the loop: it
-        runs the LSTM every iteration (masked) and checks for the end once every T iterations. The
+        `sync_free` (default: on any device but the CPU) reads nothing back per symbol: it runs the
+        LSTM every iteration (masked) and checks for the end once every T iterations (a row needs T
+        iterations for T frames, plus one per label it emits; the rest are masked no-ops). The
         CPU path checks every iteration (a host read is free there) and lets rows that found a label
         wait until every row has one, so each LSTM step serves as many rows as possible.
 
@@ -160,7 +161,7 @@ class GreedyDecoder:
         check_every = max(t, 1) if sync_free else 1
         it = 0
         while t:
-            if it % check_every == 0 and not bool(active.any()):
+            if it and it % check_every == 0 and not bool(active.any()):  # (not before the first: there is work)
                 break
             it += 1
             logits = self.joint.logits(f_all[rows, frame.clamp(max=t - 1)], g)
