@@ -205,11 +205,11 @@ class Runner:
                 length: torch.Tensor, t_len: torch.Tensor, t_list: list[int]) -> torch.Tensor:
         """Subsampling and encoder, (B, T, D): with graphs on, the steady-state rows go through them
         and the others (first and tail chunks) run eagerly beside them."""
-        steady = [b for b, p in enumerate(work) if not p.first and p.n == self.chunk_frames] if self.graphs else []
-        if self.graphs is not None and len(steady) == len(work):
-            return self.graphs(x, idx)
-        if not steady:
+        steady = [b for b, p in enumerate(work) if not p.first and p.n == self.chunk_frames]
+        if self.graphs is None or not steady:
             return self._eager_encode(x, idx, first, length, t_len, [p.slot for p in work], t_list)
+        if len(steady) == len(work):
+            return self.graphs(x, idx)
         rest = sorted(set(range(len(work))) - set(steady))
         s, r = (to_device([rows], self.device)[0] for rows in (steady, rest))
         out = torch.zeros(len(work), max(t_list), self.model.config.encoder.d_model, dtype=self.dtype,
