@@ -238,6 +238,7 @@ class Engine:
         while self.runner.ready(slot):
             self.runner.step([slot])
         self.runner.release(slot)
+        self.runner.prepare_graphs()  # with --cuda-graphs: every bucket captured before the first stream
         if self.vad is not None:
             self.vad.push(slot, np.zeros(self.runner.chunk_samples, dtype=np.float32))
             self.vad.run([slot])
