@@ -155,19 +155,11 @@ def ours(args: argparse.Namespace, dtype: str, audio: np.ndarray, streams: list[
 
 # ---- comparison ------------------------------------------------------------------------------
 
-def edit_distance(a: list[int], b: list[int]) -> int:
-    row = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, y in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
-    return row[-1]
-
-
 def agreement(ref: list[int], hyp: list[int], unk: int = 0) -> tuple[float, float]:
     """(1 - token edits / reference tokens, shared tokens counted as a multiset / the longer
     sequence), with <unk> dropped (sherpa-onnx leaves it out of its results). The second ignores
     order: the dummy weights emit ~2 tokens per emitting frame in a fragile order."""
+    from precision import edit_distance  # here: precision imports torch, which the sherpa worker's venv lacks
     ref, hyp = [t for t in ref if t != unk], [t for t in hyp if t != unk]
     shared = sum((Counter(ref) & Counter(hyp)).values())
     return 1.0 - edit_distance(ref, hyp) / max(len(ref), 1), shared / max(len(ref), len(hyp), 1)
