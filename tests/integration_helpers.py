@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import espeak_wav, read_wav
-from server_helpers import finals, transcribe_over
+from server_helpers import finals, pcm16, transcribe_over
 
 from parakeet_streaming import audio
 
@@ -28,10 +28,6 @@ def two_utterances(speech_dir: Path) -> np.ndarray:
 @pytest.fixture(scope="session")
 def two_utterances_24k(two_utterances: np.ndarray) -> np.ndarray:
     return audio.resample(two_utterances, RATE, RATE_24K)
-
-
-def pcm16(samples: np.ndarray) -> bytes:
-    return np.clip(np.round(samples * 32768), -32768, 32767).astype("<i2").tobytes()
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:

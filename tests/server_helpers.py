@@ -90,9 +90,22 @@ async def running_server(engine: Any, model: Any = None, **overrides: Any) -> As
         await app.stop(drain_seconds=2)
 
 
+def pcm16(samples: np.ndarray) -> bytes:
+    return np.clip(np.round(samples * 32768), -32768, 32767).astype("<i2").tobytes()
+
+
 def pcm16_b64(samples: np.ndarray) -> str:
-    ints = np.clip(np.round(samples * 32768), -32768, 32767).astype("<i2")
-    return base64.b64encode(ints.tobytes()).decode()
+    return base64.b64encode(pcm16(samples)).decode()
+
+
+async def recv_until_closed(ws: Any, timeout: float = TIMEOUT, into: list | None = None) -> list[dict]:
+    """Every JSON message of a websockets connection until the server closes it (into `into`)."""
+    messages = [] if into is None else into
+    try:
+        while True:
+            messages.append(json.loads(await asyncio.wait_for(ws.recv(), timeout)))
+    except ConnectionClosed:
+        return messages
 
 
 def chunks(samples: np.ndarray, n: int = 2560) -> list[np.ndarray]:

@@ -19,14 +19,14 @@ uvicorn = pytest.importorskip("uvicorn", reason="uvicorn is not installed (it co
 routing = pytest.importorskip("starlette.routing", reason="starlette is not installed (it comes with ray[serve])")
 from starlette.applications import Starlette  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
-from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
+from websockets.exceptions import InvalidStatus  # noqa: E402
 
 from parakeet_streaming.config import ServerConfig  # noqa: E402
 from parakeet_streaming.deploy.asgi import INSTANCE_HEADER, asgi_app  # noqa: E402
 from parakeet_streaming.server.context import ModelInfo, ServerContext  # noqa: E402
 from parakeet_streaming.server.security import Authenticator  # noqa: E402
-from server_helpers import (TIMEOUT, chunks, engine_factory, pcm16_b64, running_server, tokens_of,  # noqa: E402, F401
-                            transcribe_over)
+from server_helpers import (TIMEOUT, chunks, engine_factory, pcm16, pcm16_b64, recv_until_closed,  # noqa: E402, F401
+                            running_server, tokens_of, transcribe_over)
 
 
 @asynccontextmanager
@@ -59,12 +59,7 @@ async def stream_over(url: str, samples: np.ndarray) -> tuple[dict, list[dict], 
         for part in chunks(samples):
             await ws.send(json.dumps({"type": "audio", "data": pcm16_b64(part)}))
         await ws.send(json.dumps({"type": "audio", "data": "", "final": True}))
-        messages = []
-        try:
-            while True:
-                messages.append(json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)))
-        except ConnectionClosed:
-            pass
+        messages = await recv_until_closed(ws)
         return hello, messages, ws.response.headers.get(INSTANCE_HEADER)
 
 
@@ -106,16 +101,11 @@ async def test_deepgram_path_below_the_mount(engine_factory, speech):
     async with mounted(ctx) as port:
         url = f"ws://127.0.0.1:{port}/asr/v1/listen?encoding=linear16&sample_rate=16000"
         async with connect(url, open_timeout=TIMEOUT) as ws:
-            pcm = np.clip(np.round(speech * 32768), -32768, 32767).astype("<i2").tobytes()
+            pcm = pcm16(speech)
             for i in range(0, len(pcm), 5120):
                 await ws.send(pcm[i:i + 5120])
             await ws.send(json.dumps({"type": "CloseStream"}))
-            messages = []
-            try:
-                while True:
-                    messages.append(json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)))
-            except ConnectionClosed:
-                pass
+            messages = await recv_until_closed(ws)
         assert messages[-1]["type"] == "Metadata" and messages[-1]["instance"] == "replica-b", messages[-2:]
         assert any(m["type"] == "Results" for m in messages)
 
@@ -197,7 +187,7 @@ async def test_asgi_transcription_client_leaving_frees_the_slot_and_bad_bodies_g
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(16000)
-        w.writeframes(np.clip(np.round(np.tile(speech, 15) * 32768), -32768, 32767).astype("<i2").tobytes())
+        w.writeframes(pcm16(np.tile(speech, 15)))
     seconds = 15 * len(speech) / 16000
     engine, model = engine_factory(1)
     ctx = ServerContext(engine, ServerConfig(max_num_streams=1), ModelInfo.of(model))

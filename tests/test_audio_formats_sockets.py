@@ -7,8 +7,8 @@ import base64
 
 import numpy as np
 import pytest
-from server_helpers import (WsClient, chunks, engine_factory, finals, open_stream, running_server,  # noqa: F401
-                            tokens_of)
+from server_helpers import (WsClient, chunks, engine_factory, finals, open_stream, pcm16,  # noqa: F401
+                            running_server, tokens_of)
 
 from parakeet_streaming.audio import Resampler, decode, resample
 
@@ -28,10 +28,6 @@ def mulaw_encode(x: np.ndarray) -> bytes:
     exponent = np.floor(np.log2(mag >> 7 | 1)).astype(np.int32).clip(0, 7)
     mantissa = (mag >> (exponent + 3)) & 0x0F
     return (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8).tobytes()
-
-
-def pcm16(x: np.ndarray) -> bytes:
-    return np.clip(np.round(x * 32768), -32768, 32767).astype("<i2").tobytes()
 
 
 async def send_all(client, frames: list, final_msg: dict | None = None) -> list[dict]:

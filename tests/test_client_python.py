@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from client_helpers import CLIENT, RecordingEngine, file_is_in, offline_transcript, run_client
+from integration_helpers import write_wav
 from server_helpers import engine_factory, running_server, settle, until  # noqa: F401 - fixture
 
 from parakeet_streaming.client import (Eou, Error, Hello, ProtocolViolation, Result, ServerError, StreamClosed,
@@ -109,7 +110,7 @@ async def test_resampled_file(engine_factory, tiny_model, speech, tmp_path):
     import soxr
 
     path = tmp_path / "speech44.wav"
-    _write_wav(path, soxr.resample(speech, 16000, 44100), 44100)
+    write_wav(path, soxr.resample(speech, 16000, 44100), 44100)
     engine, model = engine_factory(1)
     async with running_server(engine, model) as app:
         transcript = await transcribe_file(url(app), path, speed=0)
@@ -457,9 +458,3 @@ def _duration(path: Path) -> float:
         return w.getnframes() / w.getframerate()
 
 
-def _write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(np.clip(np.round(samples * 32768), -32768, 32767).astype("<i2").tobytes())

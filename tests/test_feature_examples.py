@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
+from integration_helpers import write_wav
 from server_helpers import CLI, start_server_process, stop_server_process
 from test_docs_examples import EXAMPLES, TIMEOUT, expected, tiny_nemo  # noqa: F401
 from test_endpointing import PAUSE_S, sentences, speech_end_ms  # noqa: F401
@@ -19,13 +19,6 @@ pytestmark = pytest.mark.slow  # a subprocess server
 SILENCE_MS = 500
 
 
-def write_wav(path: Path, samples: np.ndarray) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes(np.clip(np.round(samples * 32768), -32768, 32767).astype("<i2").tobytes())
-    return path
 
 
 def offline_text(nemo: Path, wav: Path) -> str:
@@ -55,7 +48,7 @@ def run(script: str, *args: str) -> list[str]:
 
 def test_endpointing_example(ws_url, tiny_nemo, sentences, tmp_path) -> None:
     a, b = sentences
-    wav = write_wav(tmp_path / "paused.wav", np.concatenate([a, np.zeros(int(PAUSE_S * 16000), np.float32), b]))
+    wav = write_wav(tmp_path / "paused.wav", np.concatenate([a, np.zeros(int(PAUSE_S * 16000), np.float32), b]), 16000)
     lines = run("endpointing.py", str(wav), "--url", ws_url, "--speed", "0")
     silence = [int(m.group(1)) for line in lines if (m := re.match(r"eou \d+ \(silence\) at (\d+) ms: ", line))]
     end = speech_end_ms(a)
@@ -67,7 +60,7 @@ def test_timestamps_example_with_a_flush(ws_url, tiny_nemo, speech_wav, tmp_path
     from conftest import read_wav
 
     lines = run("timestamps.py", str(speech_wav), "--url", ws_url, "--speed", "0", "--flush-at", "1.5")
-    head = write_wav(tmp_path / "head.wav", read_wav(speech_wav)[:24000])
+    head = write_wav(tmp_path / "head.wav", read_wav(speech_wav)[:24000], 16000)
     (flushed,) = [line for line in lines if line.startswith("flushed: ")]
     assert flushed == f"flushed: {offline_text(tiny_nemo, head)}"
     words = [line.split(" ", 3) for line in lines if line.startswith("word ")]
@@ -83,7 +76,7 @@ def test_transcribe_cli_takes_the_endpoint_flags(tiny_nemo, sentences, tmp_path)
     import json
 
     a, b = sentences
-    wav = write_wav(tmp_path / "paused.wav", np.concatenate([a, np.zeros(int(PAUSE_S * 16000), np.float32), b]))
+    wav = write_wav(tmp_path / "paused.wav", np.concatenate([a, np.zeros(int(PAUSE_S * 16000), np.float32), b]), 16000)
     out = subprocess.run(CLI + ["transcribe", str(wav), "--model", str(tiny_nemo), "--json",
                                 "--endpoint-silence-ms", str(SILENCE_MS)], capture_output=True, text=True,
                          timeout=TIMEOUT)

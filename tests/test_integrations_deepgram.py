@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 from integration_helpers import RATE, native_text, pcm16, same_words, two_utterances  # noqa: F401
-from server_helpers import engine_factory, running_server, settle  # noqa: F401
+from server_helpers import engine_factory, recv_until_closed, running_server, settle  # noqa: F401
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import InvalidStatus
 
 TIMEOUT = 30
 
@@ -22,12 +22,7 @@ async def listen(app, query: str, frames: list[bytes | str], headers: dict | Non
     async with connect(url, additional_headers=headers or {}, max_size=None) as ws:
         for frame in frames:
             await ws.send(frame)
-        msgs = []
-        try:
-            while True:
-                msgs.append(json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)))
-        except ConnectionClosed:
-            pass
+        msgs = await recv_until_closed(ws, TIMEOUT)
         return msgs, ws.close_code
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from client_helpers import offline_transcript
+from integration_helpers import write_wav
 from server_helpers import engine_factory, hold_slots, running_server, settle  # noqa: F401 - fixture
 
 from parakeet_streaming.server.transcript_formats import _clock
@@ -197,7 +198,7 @@ async def test_client_leaving_mid_stream_frees_the_slot(engine_factory, tiny_mod
     import aiohttp
 
     long_wav = tmp_path / "long.wav"
-    _write_wav(long_wav, np.tile(speech, 15))  # about a minute
+    write_wav(long_wav, np.tile(speech, 15), 16000)  # about a minute
     engine, model = engine_factory(1)
     async with running_server(engine, model) as app:
         url = f"http://127.0.0.1:{app.ports['http']}/v1/audio/transcriptions"
@@ -218,11 +219,3 @@ async def test_client_leaving_mid_stream_frees_the_slot(engine_factory, tiny_mod
         assert result.strip()
 
 
-def _write_wav(path: Path, samples: np.ndarray, rate: int = 16000) -> None:
-    import wave
-
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(np.clip(np.round(samples * 32768), -32768, 32767).astype("<i2").tobytes())

@@ -11,7 +11,6 @@ transcription route answers through the proxy as a single server's does."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import re
@@ -35,7 +34,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
 from conftest import GOLDEN, read_wav  # noqa: E402
 from parakeet_streaming.deploy.asgi import INSTANCE_HEADER  # noqa: E402
 from parakeet_streaming.deploy.ray_serve import ParakeetReplica, deployment_options, server_config  # noqa: E402
-from server_helpers import finals, start_server_process, stop_server_process, tokens_of  # noqa: E402
+from server_helpers import (finals, pcm16, pcm16_b64, recv_until_closed, start_server_process,  # noqa: E402
+                            stop_server_process, tokens_of)
 
 pytestmark = pytest.mark.slow
 
@@ -92,10 +92,6 @@ async def wait_for(condition, timeout: float, what: str) -> float:
     return time.monotonic() - start
 
 
-def pcm16_b64(samples: np.ndarray) -> str:
-    return base64.b64encode(np.clip(np.round(samples * 32768), -32768, 32767).astype("<i2").tobytes()).decode()
-
-
 class Stream:
     """One native-protocol client stream over a real WebSocket."""
 
@@ -118,11 +114,7 @@ class Stream:
 
     async def collect(self) -> list[dict]:
         """Every message until the server closes."""
-        try:
-            while True:
-                self.messages.append(json.loads(await asyncio.wait_for(self.ws.recv(), TIMEOUT)))
-        except ConnectionClosed:
-            return self.messages
+        return await recv_until_closed(self.ws, TIMEOUT, into=self.messages)
 
 
 def final_tokens(messages: list[dict]) -> list[int]:
@@ -140,16 +132,11 @@ async def deepgram_transcript(base: str, speech: np.ndarray) -> tuple[str, Any]:
     """Deepgram's /v1/listen over a real WebSocket: binary linear16, CloseStream; the final segments'
     text and the closing Metadata."""
     async with connect(f"{base}/v1/listen?encoding=linear16&sample_rate=16000", open_timeout=TIMEOUT) as ws:
-        pcm = np.clip(np.round(speech * 32768), -32768, 32767).astype("<i2").tobytes()
+        pcm = pcm16(speech)
         for i in range(0, len(pcm), CHUNK * 2):
             await ws.send(pcm[i:i + CHUNK * 2])
         await ws.send(json.dumps({"type": "CloseStream"}))
-        messages = []
-        try:
-            while True:
-                messages.append(json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)))
-        except ConnectionClosed:
-            pass
+        messages = await recv_until_closed(ws, TIMEOUT)
         instance = messages[-1].get("instance") if messages else None
     assert messages and messages[-1]["type"] == "Metadata", messages[-2:]
     assert instance == ws.response.headers.get(INSTANCE_HEADER)
