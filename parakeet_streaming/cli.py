@@ -314,10 +314,9 @@ def _transcribe(args: argparse.Namespace) -> int:
         print(f"parakeet-server transcribe: {exc}", file=sys.stderr)
         return EXIT_USAGE
     from parakeet_streaming.engine.handle import transcribe
+    from parakeet_streaming.engine.threads import reserve_for_engine
     from parakeet_streaming.server import transcript_formats as fmt
     from parakeet_streaming.server.app import build_engine, load
-
-    from parakeet_streaming.engine.threads import reserve_for_engine
 
     config = replace(config_from_args(args), max_num_streams=1)
     threads = reserve_for_engine(config.threads)  # before the load: this thread stays off the engine's cores

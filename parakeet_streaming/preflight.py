@@ -18,9 +18,6 @@ def check_serve(config: ServerConfig) -> None:
     read_keyterms_file(config.keyterms_file)
     check_ports(config)
     check_device(config.device)
-    if config.cuda_graphs and not config.device.startswith("cuda"):
-        raise PreflightError(f"--cuda-graphs needs --device cuda (got {config.device}): elsewhere it "
-                             "would only pad batches")
 
 
 def check_model_flags(config: ServerConfig) -> None:
@@ -34,6 +31,9 @@ def check_model_flags(config: ServerConfig) -> None:
                              f"checkpoint folder, or one of {', '.join(NAMED_MODELS)})")
     if config.att_context_size is not None:
         _check_att_context(config.att_context_size, NAMED_MODELS[name].config if name in NAMED_MODELS else None)
+    if config.cuda_graphs and not config.device.startswith("cuda"):
+        raise PreflightError(f"--cuda-graphs needs --device cuda (got {config.device}): elsewhere it "
+                             "would only pad batches")
 
 
 def _check_att_context(size: tuple[int, int], nemo_config: dict | None) -> None:

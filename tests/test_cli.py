@@ -45,6 +45,12 @@ def test_transcribe_missing_file_exits_2(tmp_path, capsys):
     assert "nope.wav" in capsys.readouterr().err
 
 
+def test_transcribe_refuses_cuda_graphs_off_cuda(speech_wav, capsys):
+    """The model flags are checked alike for serve and transcribe: --cuda-graphs needs a CUDA device."""
+    assert main(["transcribe", str(speech_wav), "--load-format", "dummy", "--cuda-graphs"]) == 2
+    assert "--cuda-graphs needs --device cuda" in capsys.readouterr().err
+
+
 def test_operations_flags():
     args = build_parser().parse_args([
         "serve", "--http-port", "0", "--api-key", "k1", "--api-key", "k2", "--api-key-file", "/keys",
