@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import shlex
 import signal
@@ -110,12 +111,13 @@ def compare_isolated(flags: str, served: list[tuple[int, int, float, float]], re
     config = config_from_args(parse_args(["serve", *shlex.split(flags)], {}))
     if config.threads:
         torch.set_num_threads(config.threads)
+    rows = [row for row in served if not math.isnan(row[3])]  # a round without a step has no batch
+    if not rows:
+        return
     model = load(config)
-    runner = Runner(model, max(max(round(b) for *_, b in served), 1), config.device)
+    runner = Runner(model, max(round(batch) for *_, batch in rows) or 1, config.device)
     print(f"{'streams':>8}{'round':>6}{'batch':>7}{'served':>10}{'isolated':>10}{'ratio':>7}")
-    for n, rnd, step, batch in served:
-        if batch != batch:  # no step in that round
-            continue
+    for n, rnd, step, batch in rows:
         b = max(round(batch), 1)
         alone = statistics.median(time_steps(runner, b, repeats)) * 1000
         print(f"{n:>8}{rnd:>6}{batch:>7.1f}{step:>8.1f}ms{alone:>8.1f}ms{step / alone:>7.2f}", flush=True)

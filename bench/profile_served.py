@@ -25,8 +25,8 @@ from load import pct, pseudo_speech, run_level, server_figures, start_server
 
 def record(pid: int, seconds: float, path: str, extra: list[str]) -> None:
     cmd = ["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200",
-           "--format", "raw", "--output", path, "--threads", "--nonblocking" if "--idle" in extra else "", *extra]
-    subprocess.run([c for c in cmd if c], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+           "--format", "raw", "--output", path, "--threads", *extra]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def summarize(path: str, top: int) -> None:
@@ -66,7 +66,7 @@ def main() -> None:
     proc, url, http_url = start_server(args.start_server, max(args.streams, 1))
     try:
         for mode in args.modes.split(","):
-            flags = {"gil": ["--gil"], "idle": ["--idle"], "native": ["--native"]}[mode]
+            flags = {"gil": ["--gil"], "idle": ["--idle", "--nonblocking"], "native": ["--native"]}[mode]
             path = os.path.join(args.out, f"{mode}.txt")
             before, cpu0, t0 = server_figures(http_url), cpu_seconds(proc.pid), time.monotonic()
             spy = threading.Thread(target=lambda: (time.sleep(3), record(proc.pid, args.seconds, path, flags)))
