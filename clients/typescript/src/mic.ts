@@ -15,7 +15,7 @@ class ParakeetCapture extends AudioWorkletProcessor {
     this.buf = new Float32Array(this.size);
     this.n = 0;
     this.port.onmessage = () => {            // "flush": hand over the partial block, then stop
-      this.port.postMessage(this.buf.slice(0, this.n));
+      this.port.postMessage({ last: true, samples: this.buf.slice(0, this.n) });
       this.n = 0;
       this.stopped = true;
     };
@@ -26,7 +26,7 @@ class ParakeetCapture extends AudioWorkletProcessor {
       for (let i = 0; i < ch.length; i++) {
         this.buf[this.n++] = ch[i];
         if (this.n === this.size) {
-          this.port.postMessage(this.buf);
+          this.port.postMessage({ last: false, samples: this.buf });
           this.buf = new Float32Array(this.size);
           this.n = 0;
         }
@@ -78,13 +78,10 @@ export async function startMicrophone(
   const blockSize = Math.max(128, Math.round((context.sampleRate * (options.blockMs ?? 100)) / 1000));
   const node = new AudioWorkletNode(context, "parakeet-capture", { processorOptions: { blockSize } });
   let flushed: (() => void) | undefined;
-  node.port.onmessage = (ev: MessageEvent<Float32Array>) => {
-    if (flushed) {
-      if (ev.data.length) onAudio(ev.data);
-      flushed();
-    } else {
-      onAudio(ev.data);
-    }
+  // The reply to "flush" is marked `last`: blocks posted before it may still arrive first.
+  node.port.onmessage = (ev: MessageEvent<{ last: boolean; samples: Float32Array }>) => {
+    if (ev.data.samples.length) onAudio(ev.data.samples);
+    if (ev.data.last) flushed?.();
   };
   source.connect(node);
   return {
