@@ -85,3 +85,24 @@ def test_switch_off(monkeypatch: pytest.MonkeyPatch) -> None:
         y = layer(torch.ones(1, 32))
     assert packed_bytes(layer) == 0
     assert torch.allclose(y, reference(layer, torch.ones(1, 32)).float(), atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 0.1)])
+def test_silu_is_f_silu_of_f_linear(dtype: torch.dtype, tol: float) -> None:
+    """`silu=True` (a oneDNN post-op when packed, F.silu after F.linear otherwise) is SiLU of the linear."""
+    torch.manual_seed(4)
+    layer = Linear(64, 128).to(dtype)
+    x = torch.randn(6, 64).to(dtype)
+    expected = F.silu(reference(layer, x))
+    with torch.inference_mode():
+        fused = linear(layer, "weight", x, layer.weight, layer.bias, silu=True)
+        plain = layer(x)
+    assert fused.dtype == dtype and (fused.double() - expected).abs().max() < tol
+    assert (plain.double() - expected).abs().max() > 10 * tol  # SiLU was applied, not a plain linear
+    packed_linear.enabled = False
+    try:
+        with torch.inference_mode():
+            fallback = linear(layer, "weight", x, layer.weight, layer.bias, silu=True)
+    finally:
+        packed_linear.enabled = True
+    assert (fallback.double() - expected).abs().max() < tol

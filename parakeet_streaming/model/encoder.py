@@ -146,7 +146,7 @@ class Subsampling(nn.Module):
             # Plain F.linear: packing gains nothing measurable on these many short rows (bench, both
             # dtypes) and would change bfloat16 rounding here.
             w = pointwise.weight.view(pointwise.out_channels, -1)
-            x = F.linear(y.permute(0, 2, 3, 1), w, pointwise.bias).relu_()
+            x = _relu_(F.linear(y.permute(0, 2, 3, 1), w, pointwise.bias))
             x.mul_(_time_mask(length, x.size(1)).view(-1, x.size(1), 1, 1).to(x.dtype))
         b, t, f, c = x.shape
         return self.out(x.transpose(2, 3).reshape(b, t, c * f)), length
@@ -163,7 +163,16 @@ class Subsampling(nn.Module):
         patches = torch.stack(cols, dim=-1)  # (B, H, W, 10)
         patches.mul_(_time_mask(out_length, h).view(b, h, 1, 1).to(patches.dtype))
         weight = torch.cat([conv.weight.view(conv.out_channels, 9), conv.bias.view(-1, 1)], dim=1)
-        return torch.matmul(patches, weight.t()).relu_()
+        return _relu_(torch.matmul(patches, weight.t()))
+
+
+def _relu_(x: Tensor) -> Tensor:
+    """In-place ReLU. bfloat16's clamp is not vectorized on the CPU; its int16 view is (negative
+    bit patterns are the negative numbers and -0.0), and clearing them is the same ReLU."""
+    if x.dtype == torch.bfloat16:
+        x.view(torch.int16).clamp_min_(0)
+        return x
+    return x.relu_()
 
 
 def _time_mask(length: Tensor, size: int) -> Tensor:
@@ -198,7 +207,8 @@ class FeedForward(nn.Module):
         self.linear2 = Linear(d_ff, d_model, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.linear2(F.silu(self.linear1(x)))
+        l1 = self.linear1
+        return self.linear2(linear(l1, "weight", x, l1.weight, l1.bias, silu=True))
 
 
 class RelPositionAttention(nn.Module):

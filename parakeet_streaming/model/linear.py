@@ -31,12 +31,16 @@ _cache: "weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[Any, ...]]]" = wea
 _available = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def linear(owner: nn.Module, name: str, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """`F.linear(x, weight.flatten(1), bias)`, with `weight` (a parameter of `owner`, cached under
-    `name`) prepacked for oneDNN when that applies."""
+def linear(owner: nn.Module, name: str, x: Tensor, weight: Tensor, bias: Tensor | None,
+           silu: bool = False) -> Tensor:
+    """`F.linear(x, weight.flatten(1), bias)`, then SiLU if `silu`, with `weight` (a parameter of
+    `owner`, cached under `name`) prepacked for oneDNN when that applies; there the SiLU is the
+    GEMM's post-op (one pass over the output fewer; bfloat16 rounds once instead of twice)."""
     if _packable(x, weight):
-        return torch.ops.mkldnn._linear_pointwise(x, _packed(owner, name, weight), bias, "none", [], "")
-    return F.linear(x, weight.view(weight.size(0), -1), bias)
+        return torch.ops.mkldnn._linear_pointwise(x, _packed(owner, name, weight), bias,
+                                                  "swish" if silu else "none", [], "")
+    y = F.linear(x, weight.view(weight.size(0), -1), bias)
+    return F.silu(y) if silu else y
 
 
 def packed_bytes(model: nn.Module) -> int:
