@@ -8,7 +8,8 @@ Runs bench/load.py's streams (WebSocket, real-time pace, the client on this mach
 8, 12, 16, 24, 32, 48, 64, ... and stops after two levels in a row overload. A level passes when
 every round has no failed stream, p95 lag <= --lag-budget-ms and p95 final <= --final-budget-ms.
 Per level and round it prints those figures, the server's mean step and batch (from /metrics), and
-the server process's CPU use over the level (100% = one core), read from /proc.
+the CPU use over the level (100% = one core, read from /proc) of the server process and of the load
+client (this process).
 
 `--isolated`: once the server has stopped, the same model (flags parsed as the server parses them)
 is timed in this process at each level's mean batch (bench/model_step.py's steady-state steps), and
@@ -27,7 +28,7 @@ import time
 
 import torch
 
-from load import pct, pseudo_speech, run_level, server_figures, start_server
+from load import BINARY_HELP, pct, pseudo_speech, run_level, server_figures, start_server
 from model_step import time_steps
 
 
@@ -56,6 +57,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--packet-ms", type=int, default=80)
+    ap.add_argument("--binary", action="store_true", help=BINARY_HELP)
     ap.add_argument("--lag-budget-ms", type=float, default=300.0)
     ap.add_argument("--final-budget-ms", type=float, default=400.0)
     args = ap.parse_args()
@@ -63,16 +65,19 @@ def main() -> None:
     levels = [int(n) for n in args.levels.split(",")] if args.levels else ladder(args.max_streams)
     proc, url, http_url = start_server(args.start_server, max(args.max_streams, *levels))
     print(f"{'streams':>8}{'round':>6}{'p95 lag':>10}{'p95 final':>11}{'failed':>8}{'step':>9}{'batch':>7}"
-          f"{'srv CPU':>9}  verdict")
+          f"{'srv CPU':>9}{'client':>8}  verdict")
     capacity, overloaded_in_a_row = 0, 0
     served: list[tuple[int, int, float, float]] = []  # (streams, round, mean step ms, mean batch)
     try:
         for n in levels:
             passed = True
             for rnd in range(1, args.rounds + 1):
-                before, cpu0, t0 = server_figures(http_url), cpu_seconds(proc.pid), time.monotonic()
-                results = asyncio.run(run_level(url, n, audio, args.packet_ms))
-                cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0) * 100
+                before, t0 = server_figures(http_url), time.monotonic()
+                cpu0, client0 = cpu_seconds(proc.pid), cpu_seconds(os.getpid())
+                results = asyncio.run(run_level(url, n, audio, args.packet_ms, args.binary))
+                elapsed = time.monotonic() - t0
+                cpu = (cpu_seconds(proc.pid) - cpu0) / elapsed * 100
+                client = (cpu_seconds(os.getpid()) - client0) / elapsed * 100
                 server = server_figures(http_url).minus(before)
                 ok = [r for r in results if r.error is None]
                 lag = pct([x for r in ok for x in r.lags], 95)
@@ -84,7 +89,7 @@ def main() -> None:
                 batch = server.stepped / server.steps if server.steps else float("nan")
                 served.append((n, rnd, step, batch))
                 print(f"{n:>8}{rnd:>6}{lag:>8.0f}ms{final:>9.0f}ms{failed:>8}{step:>7.1f}ms{batch:>7.1f}"
-                      f"{cpu:>8.0f}%  {'ok' if good else 'over'}", flush=True)
+                      f"{cpu:>8.0f}%{client:>7.0f}%  {'ok' if good else 'over'}", flush=True)
                 if not good:
                     break  # one failed round decides the level
             if passed:

@@ -10,7 +10,8 @@ within --lag-budget-ms (300 by default). From the server's /metrics over each le
 time and batch size, and "srv" p50/p95, the server's decode lag (audio arrival at the engine to the
 end of the step that decoded it, for every step, with or without new tokens; interpolated within
 histogram buckets). Client and server share this machine's cores; the numbers
-include the client's own cost.
+include the client's own cost. Audio goes as base64 in JSON messages, or with `--binary` as binary
+frames of raw pcm16 (what this project's client sends), which costs both sides less.
 """
 from __future__ import annotations
 
@@ -38,6 +39,10 @@ from parakeet_streaming.model.loader import pseudo_speech
 RATE = 16000
 
 
+BINARY_HELP = ("send audio as binary WebSocket frames of raw pcm16, as parakeet_streaming.client does with "
+               "protocol-2 servers (default: base64 in JSON text messages, the seed protocol)")
+
+
 @dataclass
 class StreamStats:
     lags: list[float] = field(default_factory=list)
@@ -45,7 +50,8 @@ class StreamStats:
     error: str | None = None
 
 
-async def one_stream(url: str, audio: np.ndarray, packet_ms: int, start_delay: float) -> StreamStats:
+async def one_stream(url: str, audio: np.ndarray, packet_ms: int, start_delay: float,
+                     binary: bool = False) -> StreamStats:
     stats = StreamStats()
     await asyncio.sleep(start_delay)
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
@@ -75,8 +81,11 @@ async def one_stream(url: str, audio: np.ndarray, packet_ms: int, start_delay: f
             for i, off in enumerate(range(0, len(pcm), step)):
                 due = t0 + i * packet_ms / 1000
                 await asyncio.sleep(max(0.0, due - time.perf_counter()))
-                data = base64.b64encode(pcm[off:off + step]).decode()
-                await ws.send(json.dumps({"type": "audio", "data": data, "encoding": "pcm16", "final": False}))
+                if binary:  # raw pcm16, as parakeet_streaming.client sends to protocol-2 servers
+                    await ws.send(pcm[off:off + step])
+                else:
+                    data = base64.b64encode(pcm[off:off + step]).decode()
+                    await ws.send(json.dumps({"type": "audio", "data": data, "encoding": "pcm16", "final": False}))
             await asyncio.sleep(max(0.0, t0 + len(audio) / RATE - time.perf_counter()))
             final_sent.append(time.perf_counter())
             await ws.send(json.dumps({"type": "audio", "data": "", "final": True}))
@@ -88,9 +97,10 @@ async def one_stream(url: str, audio: np.ndarray, packet_ms: int, start_delay: f
     return stats
 
 
-async def run_level(url: str, n: int, audio: np.ndarray, packet_ms: int) -> list[StreamStats]:
+async def run_level(url: str, n: int, audio: np.ndarray, packet_ms: int,
+                    binary: bool = False) -> list[StreamStats]:
     rng = random.Random(n)
-    tasks = [one_stream(url, audio, packet_ms, rng.uniform(0, 1.0)) for _ in range(n)]
+    tasks = [one_stream(url, audio, packet_ms, rng.uniform(0, 1.0), binary) for _ in range(n)]
     return await asyncio.gather(*tasks)
 
 
@@ -197,6 +207,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--packet-ms", type=int, default=80)
     ap.add_argument("--lag-budget-ms", type=float, default=300.0)
+    ap.add_argument("--binary", action="store_true", help=BINARY_HELP)
     ap.add_argument("--start-server", metavar="FLAGS", help="start `parakeet-server serve FLAGS` for the run")
     ap.add_argument("--http-url", help="the server's HTTP port, for step figures from /metrics "
                     "(known when --start-server is used)")
@@ -213,7 +224,7 @@ def main() -> None:
         best = 0
         for n in levels:
             before = server_figures(http_url)
-            results = asyncio.run(run_level(url, n, audio, args.packet_ms))
+            results = asyncio.run(run_level(url, n, audio, args.packet_ms, args.binary))
             server = server_figures(http_url).minus(before)
             ok = [r for r in results if r.error is None]
             lags = [x for r in ok for x in r.lags]
