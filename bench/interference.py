@@ -1,12 +1,15 @@
-"""What another busy thread costs a model step: steps alone, then beside a thread that works part time.
+"""What other busy work costs a model step: steps alone, then beside work done part time.
 
     python bench/interference.py [--dtype bfloat16] [--batch 48] [--work-us 150] [--period-us 1100]
+        [--runs alone,python,gil-free,process]
 
-Times bench/model_step.py's steady-state steps of the small model ([70,1]) three ways, in turn, in
-one process: alone; beside a thread doing Python work that holds the GIL (JSON and base64 of an audio
-message, as the server's event loop does) for --work-us every --period-us; beside a thread doing as
-much work that releases the GIL (sha256 of 16 KiB blocks). Prints each median and that thread's CPU
-share. docs/performance.md ("Why the event loop costs the step twice its share") reads the result.
+Times bench/model_step.py's steady-state steps of the small model ([70,1]) in turn: alone
+(`alone`); beside a thread doing Python work that holds the GIL (JSON and base64 of an audio
+message, as the server's event loop does) for --work-us every --period-us (`python`); beside a
+thread doing as much work that releases the GIL, sha256 of 16 KiB blocks (`gil-free`); beside another
+process doing the Python work, where transports in a process of their own would put it (`process`).
+Prints each median and the other side's CPU share. docs/performance.md ("Why the event loop costs
+the step up to twice its share") reads the result.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import argparse
 import base64
 import hashlib
 import json
+import multiprocessing
 import os
 import statistics
 import threading
@@ -56,6 +60,31 @@ class PartTimeThread(threading.Thread):
             time.sleep(max(0.0, self.period_s - (time.perf_counter() - t0)))
 
 
+def _work_elsewhere(work_s: float, period_s: float, stop, busy) -> None:  # a child process
+    thread = PartTimeThread(python_work, work_s, period_s)
+    thread.stopped = stop
+    thread.run()
+    busy.value = thread.busy_s
+
+
+class PartTimeProcess:
+    """PartTimeThread's Python work in a child process (same start/stopped/join/busy_s surface)."""
+
+    def __init__(self, work_s: float, period_s: float) -> None:
+        self.stopped, self._busy = multiprocessing.Event(), multiprocessing.Value("d", 0.0)
+        self._proc = multiprocessing.Process(target=_work_elsewhere, args=(work_s, period_s, self.stopped, self._busy))
+
+    def start(self) -> None:
+        self._proc.start()
+
+    def join(self) -> None:
+        self._proc.join()
+
+    @property
+    def busy_s(self) -> float:
+        return self._busy.value
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dtype", default="bfloat16")
@@ -63,6 +92,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--work-us", type=float, default=150.0)
     ap.add_argument("--period-us", type=float, default=1100.0)
+    ap.add_argument("--runs", default="alone,python,gil-free,process", help="which, in this order (repeats allowed)")
     args = ap.parse_args()
     model = load_model("small", load_format="dummy", dtype=args.dtype)
     model.set_att_context_size((70, 1))
@@ -71,8 +101,12 @@ def main() -> None:
     for s in slots:
         runner.open(s)
     print(f"small [70,1] {args.dtype}, batch {args.batch}, {torch.get_num_threads()} threads")
-    for name, work in (("alone", None), ("python (GIL)", python_work), ("gil-free", gil_free_work)):
-        other = None if work is None else PartTimeThread(work, args.work_us / 1e6, args.period_us / 1e6)
+    work_s, period_s = args.work_us / 1e6, args.period_us / 1e6
+    others = {"alone": lambda: None, "python": lambda: PartTimeThread(python_work, work_s, period_s),
+              "gil-free": lambda: PartTimeThread(gil_free_work, work_s, period_s),
+              "process": lambda: PartTimeProcess(work_s, period_s)}
+    for name in args.runs.split(","):
+        other = others[name]()
         if other is not None:
             other.start()
         t0 = time.perf_counter()
@@ -83,7 +117,7 @@ def main() -> None:
             other.stopped.set()
             other.join()
             share = other.busy_s / wall * 100
-        print(f"{name:<14} step median {statistics.median(times) * 1000:7.1f} ms   other thread "
+        print(f"{name:<9} step median {statistics.median(times) * 1000:7.1f} ms   the other side "
               f"{share:3.0f}% of a core", flush=True)
 
 
