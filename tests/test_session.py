@@ -186,6 +186,25 @@ async def test_idle_timeout_finalizes(engine):
     assert msgs[-1]["is_final"] and msgs[-1]["text"] == "50"
 
 
+async def test_each_message_moves_the_idle_deadline(engine):
+    """Messages closer together than --idle-timeout keep the stream; the timeout counts from the last."""
+    session, pipe, _ = make(engine, idle_timeout=0.5)
+    run = asyncio.create_task(session.run())
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for i in range(9):  # 0.8 s of messages, 0.1 s apart: longer than the idle timeout
+        if i:
+            await asyncio.sleep(0.1)
+        pipe.put({"type": "audio", "data": pcm(10)})
+    last = loop.time()
+    await asyncio.wait_for(run, 5)
+    ended = loop.time()
+    msgs = pipe.drain()
+    assert [m["code"] for m in msgs if m["type"] == "error"] == ["idle_timeout"]
+    assert msgs[-1]["is_final"] and msgs[-1]["text"] == "90"  # every message was read before the timeout
+    assert last - started >= 0.8 and 0.45 <= ended - last < 2.5
+
+
 async def test_disconnect_aborts(engine):
     session, pipe, ctx = make(engine)
     pipe.put({"type": "audio", "data": pcm(50)})

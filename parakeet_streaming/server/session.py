@@ -86,6 +86,8 @@ class Session:
         self._audio_s = 0.0
         self._started = time.monotonic()
         self._refused = False
+        self._timer: asyncio.TimerHandle | None = None  # due at _timer_at, at or before the protocol's deadline
+        self._timer_at = 0.0
 
     @property
     def label(self) -> str:
@@ -106,6 +108,7 @@ class Session:
             await self._write_pending()
         except Exception:  # noqa: BLE001 - the peer is already gone
             pass
+        self._disarm()
 
     async def run(self) -> None:
         self.ctx.sessions.add(self)
@@ -127,6 +130,7 @@ class Session:
                     task.cancel()
                 elif not task.cancelled():
                     task.exception()  # retrieved: a failed send is just a departed peer
+            self._disarm()
             self.stream.abort()
             self.ctx.sessions.discard(self)
             log.info("stream %d closed (%s): %.2f s audio, %.2f s wall", self.stream.stream_id,
@@ -141,16 +145,8 @@ class Session:
     async def _read_loop(self) -> None:
         """Returns when the peer is gone. Keeps reading after finalizing, to notice a disconnect."""
         while True:
-            deadline = self.protocol.deadline()
             try:
-                if deadline is None:
-                    raw = await self.link.recv()
-                else:
-                    raw = await asyncio.wait_for(self.link.recv(), max(0.0, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
-                self.protocol.timeout(time.monotonic())
-                self._dispatch()
-                continue
+                raw = await self.link.recv()
             except Exception:  # noqa: BLE001 - transport error: the peer is gone
                 raw = None
             if raw is None:
@@ -180,6 +176,32 @@ class Session:
                 self.stream.set_keyterms(out.terms)  # a bad list comes back as a KeytermsRejected event
         if wire:
             self._wake.put_nowait(None)
+        self._arm()
+
+    # --- timeouts ----------------------------------------------------------------------------
+    # One timer per session instead of a timeout around every read (asyncio.wait_for makes a task
+    # per message). The deadline moves on with each message; the timer is moved only when the
+    # deadline comes sooner, and a timer that fires early re-arms.
+    def _arm(self) -> None:
+        deadline = self.protocol.deadline()
+        if deadline is None or (self._timer is not None and self._timer_at <= deadline):
+            return
+        self._disarm()
+        # call_later, not call_at: the loop's clock need not be time.monotonic() (e.g. uvloop's)
+        self._timer_at = deadline
+        self._timer = asyncio.get_running_loop().call_later(max(0.0, deadline - time.monotonic()), self._on_timer)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        deadline, now = self.protocol.deadline(), time.monotonic()
+        if deadline is not None and now >= deadline:
+            self.protocol.timeout(now)
+        self._dispatch()
 
     # --- writing -----------------------------------------------------------------------------
     async def _write_loop(self) -> None:
