@@ -3,8 +3,8 @@
 A transport hands over a `Link` (two coroutines, `recv()` and `send()`, plus what it knows of the
 request) and calls `serve_connection`. That picks the protocol for the request path
 (server/routes.py), checks the API key and admission, then runs a `Session`: a reader task feeds
-client messages (and timeouts, and the end of input) to the sans-I/O protocol object, a writer
-task feeds it the engine's events and writes what it says, in order. Engine commands go to the
+client messages (and the end of input) to the sans-I/O protocol object, a timer its timeouts, a
+writer task feeds it the engine's events and writes what it says, in order. Engine commands go to the
 stream's `EngineStream` at once; wire messages go out through the writer alone.
 """
 from __future__ import annotations
